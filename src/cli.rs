@@ -1,0 +1,114 @@
+//! The command line.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::replication::Mode;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "dualfs",
+    version,
+    about = "Mount one path that mirrors every change into a local and a remote directory"
+)]
+pub struct Cli {
+    /// Log line format on stderr (the level comes from RUST_LOG, default info).
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]
+    pub log_format: LogFormat,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Mount MOUNTPOINT over a local and a remote directory (runs in the foreground).
+    Mount(MountArgs),
+    /// Show the sync state of a path on a dualfs mount.
+    Status(StatusArgs),
+}
+
+fn parse_duration(value: &str) -> Result<Duration, String> {
+    humantime::parse_duration(value)
+        .map_err(|err| format!("invalid duration {value:?}: {err} (examples: 500ms, 5s, 2m)"))
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct MountArgs {
+    /// The local tree: every change lands here first and reads are served from it.
+    #[arg(long, value_name = "DIR")]
+    pub local: PathBuf,
+
+    /// The remote tree: every change is mirrored here.
+    #[arg(long, value_name = "DIR")]
+    pub remote: PathBuf,
+
+    /// Where to mount the unified view; must be an empty directory.
+    pub mountpoint: PathBuf,
+
+    /// sync: each change waits for the remote too, up to --remote-timeout; async: the remote
+    /// follows in the background.
+    #[arg(long, value_enum, default_value_t = Mode::Sync)]
+    pub mode: Mode,
+
+    /// How long a change waits for the remote in sync mode before it stays queued and the
+    /// call returns.
+    #[arg(long, value_parser = parse_duration, default_value = "5s", value_name = "DURATION")]
+    pub remote_timeout: Duration,
+
+    /// How long the kernel may cache name lookups.
+    #[arg(long, value_parser = parse_duration, default_value = "1s", value_name = "DURATION")]
+    pub entry_ttl: Duration,
+
+    /// How long the kernel may cache file attributes.
+    #[arg(long, value_parser = parse_duration, default_value = "1s", value_name = "DURATION")]
+    pub attr_ttl: Duration,
+
+    /// How long dualfs's metadata cache keeps an entry (0s disables it).
+    #[arg(long, value_parser = parse_duration, default_value = "1s", value_name = "DURATION")]
+    pub cache_ttl: Duration,
+
+    /// Maximum number of paths in dualfs's metadata cache.
+    #[arg(long, default_value_t = 100_000, value_name = "ENTRIES")]
+    pub cache_size: usize,
+
+    /// Let users other than the one who mounted use the mount (needs root or
+    /// user_allow_other in /etc/fuse.conf).
+    #[arg(long)]
+    pub allow_other: bool,
+
+    /// Threads that serve FUSE requests.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub threads: u16,
+
+    /// Threads that apply queued changes to the remote.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub workers: u16,
+
+    /// Do not copy file ownership to the remote (for an EFS access point that enforces one
+    /// POSIX identity and rejects chown).
+    #[arg(long)]
+    pub no_mirror_owner: bool,
+
+    /// On unmount, how long to wait for queued changes to reach the remote before exiting.
+    #[arg(long, value_parser = parse_duration, default_value = "60s", value_name = "DURATION")]
+    pub drain_timeout: Duration,
+}
+
+#[derive(Args, Debug)]
+pub struct StatusArgs {
+    /// A path on a dualfs mount (the mount point shows the whole mount).
+    pub path: PathBuf,
+
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+}

@@ -1,0 +1,113 @@
+//! Directory listings: the union of both trees, local winning on a name clash, without
+//! entries whose removal is still queued for the remote and without the state folder.
+
+use std::collections::HashSet;
+use std::ffi::OsString;
+use std::path::Path;
+
+use fuser::FileType;
+use nix::errno::Errno;
+
+use super::attr::{file_type_of_dirent, file_type_of_mode, visible_ino};
+use super::handles::{DirListing, ListedEntry};
+use super::node_id;
+use super::{is_reserved, DualFs, FsResult};
+use crate::backend::{read_dir, DirEntry, Side};
+
+impl DualFs {
+    pub fn opendir(&self, id: u64) -> FsResult<u64> {
+        let path = self.node_path(id)?;
+        let entries = self.list(&path)?;
+        Ok(self.handles.insert_dir(DirListing { id, entries }))
+    }
+
+    pub fn releasedir(&self, fh: u64) {
+        self.handles.remove_dir(fh);
+    }
+
+    /// Returns the listing taken at opendir, with `.` and `..` first.
+    pub fn listing(&self, fh: u64) -> FsResult<std::sync::Arc<DirListing>> {
+        self.handles.dir(fh).ok_or(Errno::EBADF)
+    }
+
+    fn list(&self, path: &Path) -> FsResult<Vec<ListedEntry>> {
+        let (dir_side, dir_st) = self.resolve(path)?;
+        if dir_st.st_mode & libc::S_IFMT != libc::S_IFDIR {
+            return Err(Errno::ENOTDIR);
+        }
+
+        let mut entries = vec![ListedEntry {
+            name: OsString::from("."),
+            ino: node_id(path, dir_side, dir_st.st_ino),
+            kind: FileType::Directory,
+        }];
+        let parent = path.parent().unwrap_or(Path::new(""));
+        let parent_ino = match self.resolve(parent) {
+            Ok((side, st)) => node_id(parent, side, st.st_ino),
+            Err(_) => entries[0].ino,
+        };
+        entries.push(ListedEntry {
+            name: OsString::from(".."),
+            ino: parent_ino,
+            kind: FileType::Directory,
+        });
+
+        // A local directory that cannot be read is an error, never an empty listing: showing
+        // it empty would invite deletions of entries that only looked missing.
+        let local = if dir_side == Side::Local {
+            read_dir(self.local.open_dir(path)?)?
+        } else {
+            Vec::new()
+        };
+        let mut names: HashSet<OsString> = HashSet::with_capacity(local.len());
+        for entry in local {
+            if is_reserved(&path.join(&entry.name)) {
+                continue;
+            }
+            names.insert(entry.name.clone());
+            entries.push(self.listed(path, Side::Local, entry));
+        }
+
+        for entry in self.remote_entries(path) {
+            if names.contains(&entry.name) {
+                continue;
+            }
+            let child = path.join(&entry.name);
+            if is_reserved(&child) || self.replicator.hides_remote(&child) {
+                continue;
+            }
+            entries.push(self.listed(path, Side::Remote, entry));
+        }
+        Ok(entries)
+    }
+
+    /// Lists the remote directory; remote errors read as an empty remote side.
+    ///
+    /// NOTE: a hung remote stalls this listing; the call is not yet bounded by a deadline.
+    fn remote_entries(&self, path: &Path) -> Vec<DirEntry> {
+        if self.replicator.hides_remote(path) {
+            return Vec::new();
+        }
+        match self.remote.open_dir(path).and_then(read_dir) {
+            Ok(entries) => entries,
+            Err(Errno::ENOENT | Errno::ENOTDIR) => Vec::new(),
+            Err(errno) => {
+                tracing::warn!(path = %path.display(), %errno, "remote directory listing failed; showing local entries only");
+                Vec::new()
+            }
+        }
+    }
+
+    fn listed(&self, dir: &Path, side: Side, entry: DirEntry) -> ListedEntry {
+        let kind = file_type_of_dirent(entry.d_type).unwrap_or_else(|| {
+            self.backend(side)
+                .lstat(&dir.join(&entry.name))
+                .map_or(FileType::RegularFile, |st| file_type_of_mode(st.st_mode))
+        });
+        ListedEntry {
+            ino: visible_ino(side, entry.ino),
+            name: entry.name,
+            kind,
+        }
+    }
+}

@@ -1,0 +1,237 @@
+//! The table of FUSE node ids handed to the kernel.
+//!
+//! fuser uses the inode number of the attributes it is given as the node id, so a node id is
+//! the inode number that `stat` shows: the backing file's own number (see `attr::visible_ino`).
+//! That keeps ids stable while mounted, equal in readdir and stat, and shared by every name of
+//! a hard-linked file. A node keeps the names it is known under (parent node and name); its
+//! path in both trees is derived from the first one.
+
+use std::collections::HashMap;
+use std::ffi::{OsStr, OsString};
+use std::path::PathBuf;
+
+pub const ROOT: u64 = 1;
+
+#[derive(Debug)]
+struct Node {
+    /// Names of this node as (parent id, name), most recently used first; empty once every
+    /// known name was unlinked (the file may still be open).
+    aliases: Vec<(u64, OsString)>,
+    /// Lookups the kernel holds on this node; it is dropped when `forget` brings this to 0.
+    nlookup: u64,
+}
+
+#[derive(Debug)]
+pub struct InodeTable {
+    nodes: HashMap<u64, Node>,
+    /// The node currently known under each (parent id, name).
+    children: HashMap<(u64, OsString), u64>,
+}
+
+impl Default for InodeTable {
+    fn default() -> Self {
+        InodeTable::new()
+    }
+}
+
+impl InodeTable {
+    pub fn new() -> InodeTable {
+        let mut nodes = HashMap::new();
+        nodes.insert(
+            ROOT,
+            Node {
+                aliases: Vec::new(),
+                nlookup: 1,
+            },
+        );
+        InodeTable {
+            nodes,
+            children: HashMap::new(),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.nodes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.nodes.is_empty()
+    }
+
+    /// Returns the path of a node relative to the backing roots, or `None` for an unknown node
+    /// or one without a name left.
+    pub fn path(&self, id: u64) -> Option<PathBuf> {
+        let mut names: Vec<&OsStr> = Vec::new();
+        let mut current = id;
+        while current != ROOT {
+            let node = self.nodes.get(&current)?;
+            let (parent, name) = node.aliases.first()?;
+            names.push(name);
+            current = *parent;
+            if names.len() > 4096 {
+                return None;
+            }
+        }
+        let mut path = PathBuf::new();
+        for name in names.iter().rev() {
+            path.push(name);
+        }
+        Some(path)
+    }
+
+    /// Records a lookup of `name` in `parent` that found node `id`, adding one kernel
+    /// reference.
+    pub fn lookup(&mut self, parent: u64, name: &OsStr, id: u64) {
+        let alias = (parent, name.to_os_string());
+        self.nodes.entry(id).or_insert_with(|| Node {
+            aliases: Vec::new(),
+            nlookup: 0,
+        });
+
+        if let Some(previous) = self.children.insert(alias.clone(), id) {
+            if previous != id {
+                self.drop_alias(previous, &alias);
+            }
+        }
+        let node = self.nodes.get_mut(&id).expect("node just found or created");
+        node.aliases.retain(|a| a != &alias);
+        node.aliases.insert(0, alias);
+        node.nlookup += 1;
+    }
+
+    /// Releases `count` kernel references; the node is dropped when none remain.
+    pub fn forget(&mut self, id: u64, count: u64) {
+        if id == ROOT {
+            return;
+        }
+        let Some(node) = self.nodes.get_mut(&id) else {
+            return;
+        };
+        node.nlookup = node.nlookup.saturating_sub(count);
+        if node.nlookup > 0 {
+            return;
+        }
+
+        let node = self.nodes.remove(&id).expect("node exists");
+        for alias in node.aliases {
+            if self.children.get(&alias) == Some(&id) {
+                self.children.remove(&alias);
+            }
+        }
+    }
+
+    fn drop_alias(&mut self, id: u64, alias: &(u64, OsString)) {
+        let Some(node) = self.nodes.get_mut(&id) else {
+            return;
+        };
+        node.aliases.retain(|a| a != alias);
+    }
+
+    /// Forgets the name `name` in `parent` after an unlink or rmdir.
+    pub fn remove_name(&mut self, parent: u64, name: &OsStr) {
+        let alias = (parent, name.to_os_string());
+        if let Some(id) = self.children.remove(&alias) {
+            self.drop_alias(id, &alias);
+        }
+    }
+
+    /// Moves a name after a rename; a node replaced at the destination loses that name.
+    pub fn rename(&mut self, parent: u64, name: &OsStr, new_parent: u64, new_name: &OsStr) {
+        let from = (parent, name.to_os_string());
+        let to = (new_parent, new_name.to_os_string());
+        let Some(id) = self.children.remove(&from) else {
+            self.remove_name(new_parent, new_name);
+            return;
+        };
+        if let Some(replaced) = self.children.remove(&to) {
+            self.drop_alias(replaced, &to);
+        }
+
+        if let Some(node) = self.nodes.get_mut(&id) {
+            for alias in node.aliases.iter_mut() {
+                if *alias == from {
+                    *alias = to.clone();
+                }
+            }
+        }
+        self.children.insert(to, id);
+    }
+
+    /// Swaps two names after RENAME_EXCHANGE.
+    pub fn exchange(&mut self, parent: u64, name: &OsStr, new_parent: u64, new_name: &OsStr) {
+        let a = (parent, name.to_os_string());
+        let b = (new_parent, new_name.to_os_string());
+        let id_a = self.children.remove(&a);
+        let id_b = self.children.remove(&b);
+
+        for (id, from, to) in [(id_a, &a, &b), (id_b, &b, &a)] {
+            let Some(id) = id else { continue };
+            if let Some(node) = self.nodes.get_mut(&id) {
+                for alias in node.aliases.iter_mut() {
+                    if alias == from {
+                        *alias = to.clone();
+                    }
+                }
+            }
+            self.children.insert(to.clone(), id);
+        }
+    }
+
+    /// Returns the node known under `name` in `parent`, if any.
+    pub fn child(&self, parent: u64, name: &OsStr) -> Option<u64> {
+        self.children.get(&(parent, name.to_os_string())).copied()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hard_links_share_one_node() {
+        let mut table = InodeTable::new();
+        table.lookup(ROOT, OsStr::new("a"), 10);
+        table.lookup(ROOT, OsStr::new("b"), 10);
+        table.remove_name(ROOT, OsStr::new("b"));
+        assert_eq!(table.path(10), Some(PathBuf::from("a")));
+    }
+
+    #[test]
+    fn rename_moves_descendant_paths() {
+        let mut table = InodeTable::new();
+        table.lookup(ROOT, OsStr::new("d"), 2);
+        table.lookup(2, OsStr::new("f"), 3);
+        table.rename(ROOT, OsStr::new("d"), ROOT, OsStr::new("e"));
+        assert_eq!(table.path(3), Some(PathBuf::from("e/f")));
+    }
+
+    #[test]
+    fn unlinked_node_keeps_no_path() {
+        let mut table = InodeTable::new();
+        table.lookup(ROOT, OsStr::new("a"), 10);
+        table.remove_name(ROOT, OsStr::new("a"));
+        assert_eq!(table.path(10), None);
+    }
+
+    #[test]
+    fn forget_drops_node() {
+        let mut table = InodeTable::new();
+        table.lookup(ROOT, OsStr::new("a"), 10);
+        table.lookup(ROOT, OsStr::new("a"), 10);
+        table.forget(10, 1);
+        assert!(table.path(10).is_some());
+        table.forget(10, 1);
+        assert!(table.path(10).is_none());
+        assert_eq!(table.len(), 1);
+    }
+
+    #[test]
+    fn exchange_swaps_names() {
+        let mut table = InodeTable::new();
+        table.lookup(ROOT, OsStr::new("a"), 10);
+        table.lookup(ROOT, OsStr::new("b"), 11);
+        table.exchange(ROOT, OsStr::new("a"), ROOT, OsStr::new("b"));
+        assert_eq!(table.path(10), Some(PathBuf::from("b")));
+        assert_eq!(table.path(11), Some(PathBuf::from("a")));
+    }
+}

@@ -1,0 +1,245 @@
+//! Calls on open files: open, create, read, write, fsync, fallocate, lseek, copy_file_range.
+
+use std::ffi::OsStr;
+use std::fs::File;
+use std::os::fd::{AsFd, AsRawFd};
+use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use nix::errno::Errno;
+
+use super::creds::CallerIdentity;
+use super::handles::FileHandle;
+use super::{io_errno, Caller, DualFs, Entry, FsResult};
+use crate::backend::{self, file_type, Side};
+use crate::replication::{Mode, Op, OpKind, RangeSet};
+
+/// Open flags that dualfs handles itself rather than passing to the backing file: appends
+/// arrive with the offset the kernel chose, O_DIRECT would require aligned buffers, and
+/// creation flags apply only to create.
+const STRIPPED_FLAGS: libc::c_int =
+    libc::O_APPEND | libc::O_DIRECT | libc::O_CREAT | libc::O_EXCL | libc::O_NOCTTY;
+
+fn wants_write(flags: libc::c_int) -> bool {
+    flags & libc::O_ACCMODE != libc::O_RDONLY || flags & libc::O_TRUNC != 0
+}
+
+impl DualFs {
+    fn handle(&self, fh: u64) -> FsResult<Arc<FileHandle>> {
+        self.handles.file(fh).ok_or(Errno::EBADF)
+    }
+
+    /// Returns the current path of an open file, or `None` once its last name was removed,
+    /// in which case its changes have nothing left to reach on the remote.
+    fn open_file_path(&self, handle: &FileHandle) -> Option<PathBuf> {
+        let path = self.inodes.lock().path(handle.id)?;
+        let st = backend::fstat(handle.file.as_fd()).ok()?;
+        (st.st_nlink > 0).then_some(path)
+    }
+
+    fn queue_data(&self, handle: &FileHandle, ranges: RangeSet) {
+        if handle.side != Side::Local {
+            return;
+        }
+        if let Some(path) = self.open_file_path(handle) {
+            self.cache.invalidate(&path);
+            self.replicate(Op::new(path, OpKind::Data(ranges)));
+        }
+    }
+
+    pub fn open(&self, id: u64, flags: libc::c_int) -> FsResult<u64> {
+        let path = self.node_path(id)?;
+        let (mut side, st) = self.resolve(&path)?;
+        if file_type(&st) == libc::S_IFDIR {
+            return Err(Errno::EISDIR);
+        }
+        if wants_write(flags) && side == Side::Remote {
+            self.ensure_local(&path)?;
+            side = Side::Local;
+        }
+
+        let file = self
+            .backend(side)
+            .open_file(&path, flags & !STRIPPED_FLAGS, 0)?;
+        if flags & libc::O_TRUNC != 0 {
+            self.cache.invalidate(&path);
+            self.replicate(Op::new(path, OpKind::Data(RangeSet::new())));
+        }
+        Ok(self.handles.insert_file(FileHandle { file, id, side }))
+    }
+
+    pub fn create(
+        &self,
+        parent: u64,
+        name: &OsStr,
+        mode: u32,
+        flags: libc::c_int,
+        caller: Caller,
+    ) -> FsResult<(Entry, u64)> {
+        let path = self.prepare_create(parent, name)?;
+        let open_flags = (flags & !STRIPPED_FLAGS) | libc::O_CREAT | (flags & libc::O_EXCL);
+        let file = {
+            let _identity = CallerIdentity::assume(caller.uid, caller.gid);
+            self.local.open_file(&path, open_flags, mode & 0o7777)?
+        };
+
+        let entry = self.created(parent, name, &path)?;
+        let fh = self.handles.insert_file(FileHandle {
+            file,
+            id: entry.id,
+            side: Side::Local,
+        });
+        self.replicate(Op::new(path, OpKind::Data(RangeSet::new())));
+        Ok((entry, fh))
+    }
+
+    pub fn read(&self, fh: u64, offset: u64, size: u32) -> FsResult<Vec<u8>> {
+        let handle = self.handle(fh)?;
+        let mut buf = vec![0u8; size as usize];
+        let mut filled = 0;
+        while filled < buf.len() {
+            let n = handle
+                .file
+                .read_at(&mut buf[filled..], offset + filled as u64)
+                .map_err(io_errno)?;
+            if n == 0 {
+                break;
+            }
+            filled += n;
+        }
+        buf.truncate(filled);
+        Ok(buf)
+    }
+
+    pub fn write(&self, fh: u64, offset: u64, data: &[u8]) -> FsResult<u32> {
+        let handle = self.handle(fh)?;
+        if handle.side != Side::Local {
+            return Err(Errno::EBADF);
+        }
+        handle.file.write_all_at(data, offset).map_err(io_errno)?;
+        self.queue_data(&handle, RangeSet::single(offset, data.len() as u64));
+        Ok(data.len() as u32)
+    }
+
+    pub fn release(&self, fh: u64) {
+        self.handles.remove_file(fh);
+    }
+
+    /// Flushes the local file; in sync mode also waits for its remote copy, up to the
+    /// remote timeout, and flushes that too.
+    pub fn fsync(&self, fh: u64, datasync: bool) -> FsResult<()> {
+        let handle = self.handle(fh)?;
+        let result = if datasync {
+            handle.file.sync_data()
+        } else {
+            handle.file.sync_all()
+        };
+        result.map_err(io_errno)?;
+
+        if self.replicator.mode() == Mode::Sync && handle.side == Side::Local {
+            if let Some(path) = self.open_file_path(&handle) {
+                self.replicator
+                    .submit_and_wait(Op::new(path, OpKind::Fsync));
+            }
+        }
+        Ok(())
+    }
+
+    pub fn fallocate(&self, fh: u64, offset: u64, length: u64, mode: i32) -> FsResult<()> {
+        let handle = self.handle(fh)?;
+        if handle.side != Side::Local {
+            return Err(Errno::EBADF);
+        }
+        // SAFETY: fallocate on an open descriptor; the result is checked.
+        let ret = unsafe {
+            libc::fallocate(
+                handle.file.as_raw_fd(),
+                mode,
+                offset as libc::off_t,
+                length as libc::off_t,
+            )
+        };
+        if ret < 0 {
+            return Err(Errno::last());
+        }
+        self.queue_data(&handle, RangeSet::single(offset, length));
+        Ok(())
+    }
+
+    pub fn lseek(&self, fh: u64, offset: i64, whence: i32) -> FsResult<i64> {
+        let handle = self.handle(fh)?;
+        // SAFETY: lseek on an open descriptor; only its offset changes, which dualfs never
+        // uses because all I/O is positional.
+        let ret = unsafe { libc::lseek(handle.file.as_raw_fd(), offset, whence) };
+        if ret < 0 {
+            return Err(Errno::last());
+        }
+        Ok(ret)
+    }
+
+    pub fn copy_file_range(
+        &self,
+        fh_in: u64,
+        offset_in: u64,
+        fh_out: u64,
+        offset_out: u64,
+        len: u64,
+    ) -> FsResult<u32> {
+        let source = self.handle(fh_in)?;
+        let target = self.handle(fh_out)?;
+        if target.side != Side::Local {
+            return Err(Errno::EBADF);
+        }
+        let len = len.min(u32::MAX as u64 & !0xfff);
+
+        let copied = match kernel_copy(&source.file, offset_in, &target.file, offset_out, len) {
+            Ok(n) => n,
+            Err(Errno::EXDEV | Errno::EINVAL | Errno::ENOSYS | Errno::EOPNOTSUPP) => {
+                buffered_copy(&source.file, offset_in, &target.file, offset_out, len)?
+            }
+            Err(errno) => return Err(errno),
+        };
+        self.queue_data(&target, RangeSet::single(offset_out, copied));
+        Ok(copied as u32)
+    }
+}
+
+fn kernel_copy(src: &File, off_in: u64, dst: &File, off_out: u64, len: u64) -> FsResult<u64> {
+    let mut off_in = off_in as libc::loff_t;
+    let mut off_out = off_out as libc::loff_t;
+    // SAFETY: both descriptors are open and the offsets point at live locals.
+    let ret = unsafe {
+        libc::copy_file_range(
+            src.as_raw_fd(),
+            &mut off_in,
+            dst.as_raw_fd(),
+            &mut off_out,
+            len as usize,
+            0,
+        )
+    };
+    if ret < 0 {
+        Err(Errno::last())
+    } else {
+        Ok(ret as u64)
+    }
+}
+
+fn buffered_copy(src: &File, off_in: u64, dst: &File, off_out: u64, len: u64) -> FsResult<u64> {
+    let mut buf = vec![0u8; (1 << 20).min(len as usize)];
+    let mut done = 0u64;
+    while done < len {
+        let want = ((len - done) as usize).min(buf.len());
+        let n = src
+            .read_at(&mut buf[..want], off_in + done)
+            .map_err(io_errno)?;
+        if n == 0 {
+            break;
+        }
+        dst.write_all_at(&buf[..n], off_out + done)
+            .map_err(io_errno)?;
+        done += n as u64;
+    }
+    Ok(done)
+}

@@ -1,0 +1,317 @@
+//! The unified view of the two trees, as a plain Rust API that the FUSE adapter calls.
+//!
+//! Changes go to the local tree first, whose result is the caller's result, and are then
+//! queued for the remote tree. Reads come from the local tree, falling back to the remote one
+//! for paths the local tree lacks.
+
+pub mod attr;
+pub mod cache;
+mod creds;
+mod dir;
+pub mod fuse;
+mod handles;
+pub mod inode;
+mod io;
+mod namespace;
+pub mod xattr;
+
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use fuser::FileAttr;
+use nix::errno::Errno;
+use parking_lot::Mutex;
+
+use crate::backend::{file_type, Backend, Side, Stat};
+use crate::replication::{Op, Replicator};
+use crate::STATE_DIR;
+use cache::{AttrCache, Cached};
+use handles::HandleTable;
+use inode::{InodeTable, ROOT};
+
+pub type FsResult<T> = Result<T, Errno>;
+
+/// Longest name a directory entry may have on the backings we support (NAME_MAX).
+const NAME_MAX: usize = 255;
+
+#[derive(Clone, Debug)]
+pub struct FsConfig {
+    /// How long the kernel may cache a name lookup.
+    pub entry_ttl: Duration,
+    /// How long the kernel may cache attributes.
+    pub attr_ttl: Duration,
+    /// How long dualfs's own metadata cache keeps an entry.
+    pub cache_ttl: Duration,
+    /// Maximum number of paths in dualfs's own metadata cache.
+    pub cache_size: usize,
+}
+
+/// A name resolved to a node, as returned by lookup and the creating calls.
+#[derive(Clone, Copy, Debug)]
+pub struct Entry {
+    pub id: u64,
+    pub attr: FileAttr,
+}
+
+/// The identity of the process that made a request.
+#[derive(Clone, Copy, Debug)]
+pub struct Caller {
+    pub uid: u32,
+    pub gid: u32,
+}
+
+pub struct DualFs {
+    local: Arc<Backend>,
+    remote: Arc<Backend>,
+    inodes: Mutex<InodeTable>,
+    handles: HandleTable,
+    cache: AttrCache,
+    replicator: Arc<Replicator>,
+    config: FsConfig,
+}
+
+impl DualFs {
+    pub fn new(
+        local: Arc<Backend>,
+        remote: Arc<Backend>,
+        replicator: Arc<Replicator>,
+        config: FsConfig,
+    ) -> DualFs {
+        DualFs {
+            local,
+            remote,
+            inodes: Mutex::new(InodeTable::new()),
+            handles: HandleTable::default(),
+            cache: AttrCache::new(config.cache_size, config.cache_ttl),
+            replicator,
+            config,
+        }
+    }
+
+    pub fn config(&self) -> &FsConfig {
+        &self.config
+    }
+
+    pub fn cache_stats(&self) -> cache::CacheStats {
+        self.cache.stats()
+    }
+
+    fn replicate(&self, op: Op) {
+        self.replicator.submit(op);
+    }
+
+    /// Returns the path of a node; a node whose every name was removed has none.
+    fn node_path(&self, id: u64) -> FsResult<PathBuf> {
+        self.inodes.lock().path(id).ok_or(Errno::ENOENT)
+    }
+
+    /// Returns the path of `name` in directory `parent`, rejecting names no backing accepts.
+    fn child_path(&self, parent: u64, name: &OsStr) -> FsResult<PathBuf> {
+        if name.len() > NAME_MAX {
+            return Err(Errno::ENAMETOOLONG);
+        }
+        if name.as_bytes().contains(&b'/') || name == "." || name == ".." || name.is_empty() {
+            return Err(Errno::EINVAL);
+        }
+        Ok(self.node_path(parent)?.join(name))
+    }
+
+    /// Like `child_path`, for a name about to be created: the reserved state folder's name at
+    /// the root is refused.
+    fn new_child_path(&self, parent: u64, name: &OsStr) -> FsResult<PathBuf> {
+        let path = self.child_path(parent, name)?;
+        if is_reserved(&path) {
+            return Err(Errno::EPERM);
+        }
+        Ok(path)
+    }
+
+    /// Finds which tree holds `path` and its attributes, local first.
+    fn resolve(&self, path: &Path) -> FsResult<(Side, Stat)> {
+        if is_reserved(path) {
+            return Err(Errno::ENOENT);
+        }
+        if let Some(cached) = self.cache.get(path) {
+            return match cached {
+                Cached::Found(side, st) => Ok((side, st)),
+                Cached::Absent => Err(Errno::ENOENT),
+            };
+        }
+
+        let resolved = self.resolve_uncached(path);
+        match &resolved {
+            Ok((side, st)) => self.cache.put(path, Cached::Found(*side, *st)),
+            Err(Errno::ENOENT) => self.cache.put(path, Cached::Absent),
+            Err(_) => {}
+        }
+        resolved
+    }
+
+    fn resolve_uncached(&self, path: &Path) -> FsResult<(Side, Stat)> {
+        match self.local.lstat(path) {
+            Ok(st) => Ok((Side::Local, st)),
+            Err(Errno::ENOENT) => self
+                .remote_stat(path)
+                .map(|st| (Side::Remote, st))
+                .ok_or(Errno::ENOENT),
+            Err(errno) => Err(errno),
+        }
+    }
+
+    /// Returns the remote entry at `path` unless a queued change removes it. Remote errors
+    /// never reach the application, so any failure reads as "not there".
+    ///
+    /// NOTE: this calls the remote tree directly, so a hung remote stalls lookups of paths
+    /// that the local tree lacks.
+    fn remote_stat(&self, path: &Path) -> Option<Stat> {
+        if self.replicator.hides_remote(path) {
+            return None;
+        }
+        self.remote.lstat(path).ok()
+    }
+
+    fn backend(&self, side: Side) -> &Backend {
+        match side {
+            Side::Local => &self.local,
+            Side::Remote => &self.remote,
+        }
+    }
+
+    /// Registers a lookup of `name` in `parent` and returns the entry the kernel is given.
+    fn register(&self, parent: u64, name: &OsStr, side: Side, st: &Stat) -> Entry {
+        let id = attr::visible_ino(side, st.st_ino);
+        self.inodes.lock().lookup(parent, name, id);
+        Entry {
+            id,
+            attr: attr::to_file_attr(id, st),
+        }
+    }
+
+    pub fn lookup(&self, parent: u64, name: &OsStr) -> FsResult<Entry> {
+        let path = self.child_path(parent, name)?;
+        let (side, st) = self.resolve(&path)?;
+        Ok(self.register(parent, name, side, &st))
+    }
+
+    pub fn forget(&self, id: u64, count: u64) {
+        self.inodes.lock().forget(id, count);
+    }
+
+    pub fn getattr(&self, id: u64, fh: Option<u64>) -> FsResult<FileAttr> {
+        if let Some(handle) = fh.and_then(|fh| self.handles.file(fh)) {
+            let st = crate::backend::fstat(std::os::fd::AsFd::as_fd(&handle.file))?;
+            return Ok(attr::to_file_attr(id, &st));
+        }
+        let path = self.node_path(id)?;
+        let (_, st) = self.resolve(&path)?;
+        Ok(attr::to_file_attr(id, &st))
+    }
+
+    /// Makes sure the local tree holds `path`, copying it from the remote tree when only the
+    /// remote has it, so that a change can be applied locally and then mirrored. Nothing is
+    /// queued: the remote already has what is copied.
+    fn ensure_local(&self, path: &Path) -> FsResult<()> {
+        match self.local.lstat(path) {
+            Ok(_) => return Ok(()),
+            Err(Errno::ENOENT) => {}
+            Err(errno) => return Err(errno),
+        }
+        let st = self.remote_stat(path).ok_or(Errno::ENOENT)?;
+        let parent = path.parent().unwrap_or(Path::new(""));
+        self.ensure_local(parent)?;
+        let parent_times = self.local.lstat(parent).ok();
+
+        match file_type(&st) {
+            libc::S_IFDIR => self.local.mkdir(path, st.st_mode & 0o7777)?,
+            libc::S_IFREG => self.copy_remote_file(path, &st)?,
+            libc::S_IFLNK => {
+                let target = self.remote.readlink(path)?;
+                self.local.symlink(&target, path)?;
+            }
+            _ => self.local.mknod(path, st.st_mode, st.st_rdev)?,
+        }
+        self.local.chown(path, st.st_uid, st.st_gid)?;
+        if file_type(&st) != libc::S_IFLNK {
+            self.local.chmod(path, st.st_mode & 0o7777)?;
+        }
+        self.local.utimens(path, &times_of(&st))?;
+        if let Some(parent_st) = parent_times {
+            let _ = self.local.utimens(parent, &times_of(&parent_st));
+        }
+
+        tracing::debug!(path = %path.display(), "copied remote-only entry into the local tree");
+        self.cache.invalidate(path);
+        Ok(())
+    }
+
+    fn copy_remote_file(&self, path: &Path, st: &Stat) -> FsResult<()> {
+        use std::os::unix::fs::FileExt;
+
+        let source = self.remote.open_file(path, libc::O_RDONLY, 0)?;
+        let target = self.local.open_file(
+            path,
+            libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL,
+            st.st_mode & 0o7777,
+        )?;
+        let mut buf = vec![0u8; 1 << 20];
+        let mut offset = 0u64;
+        loop {
+            let n = source.read_at(&mut buf, offset).map_err(io_errno)?;
+            if n == 0 {
+                break;
+            }
+            target.write_all_at(&buf[..n], offset).map_err(io_errno)?;
+            offset += n as u64;
+        }
+        Ok(())
+    }
+
+    pub fn statfs(&self) -> FsResult<libc::statvfs> {
+        self.local.statfs()
+    }
+
+    pub fn access(&self, id: u64) -> FsResult<()> {
+        let path = self.node_path(id)?;
+        self.resolve(&path).map(drop)
+    }
+
+    pub fn readlink(&self, id: u64) -> FsResult<Vec<u8>> {
+        let path = self.node_path(id)?;
+        let (side, _) = self.resolve(&path)?;
+        Ok(self.backend(side).readlink(&path)?.into_encoded_bytes())
+    }
+}
+
+/// Returns the node id of the entry at `path` found in `side` with inode number `ino`.
+fn node_id(path: &Path, side: Side, ino: u64) -> u64 {
+    if path.as_os_str().is_empty() {
+        ROOT
+    } else {
+        attr::visible_ino(side, ino)
+    }
+}
+
+/// Whether `path` is the reserved state folder, which no request may reach.
+pub fn is_reserved(path: &Path) -> bool {
+    path.as_os_str().as_bytes() == STATE_DIR.as_bytes()
+}
+
+pub(crate) fn io_errno(err: std::io::Error) -> Errno {
+    Errno::from_raw(err.raw_os_error().unwrap_or(libc::EIO))
+}
+
+fn times_of(st: &Stat) -> [libc::timespec; 2] {
+    [
+        libc::timespec {
+            tv_sec: st.st_atime,
+            tv_nsec: st.st_atime_nsec,
+        },
+        libc::timespec {
+            tv_sec: st.st_mtime,
+            tv_nsec: st.st_mtime_nsec,
+        },
+    ]
+}

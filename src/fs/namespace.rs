@@ -1,0 +1,309 @@
+//! Calls that change names or attributes: create, remove, rename, link, setattr.
+
+use std::ffi::OsStr;
+use std::os::fd::AsRawFd;
+use std::path::Path;
+
+use fuser::FileAttr;
+use nix::errno::Errno;
+
+use super::attr::{to_file_attr, to_timespec};
+use super::creds::CallerIdentity;
+use super::{Caller, DualFs, Entry, FsResult};
+use crate::backend::{self, file_type, read_dir, Side};
+use crate::replication::{Op, OpKind, RangeSet};
+
+/// The attribute changes of one setattr request.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SetAttr {
+    pub mode: Option<u32>,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    pub size: Option<u64>,
+    pub atime: Option<fuser::TimeOrNow>,
+    pub mtime: Option<fuser::TimeOrNow>,
+}
+
+impl DualFs {
+    /// Prepares the creation of `name` in `parent`: the parent must be in the local tree and
+    /// the name must not already be visible (for example only in the remote tree).
+    pub(super) fn prepare_create(&self, parent: u64, name: &OsStr) -> FsResult<std::path::PathBuf> {
+        let path = self.new_child_path(parent, name)?;
+        let parent_path = path.parent().unwrap_or(Path::new(""));
+        self.ensure_local(parent_path)?;
+        if self.local.lstat(&path).is_err() && self.remote_stat(&path).is_some() {
+            return Err(Errno::EEXIST);
+        }
+        Ok(path)
+    }
+
+    /// Looks up a just-created local entry and registers it.
+    pub(super) fn created(&self, parent: u64, name: &OsStr, path: &Path) -> FsResult<Entry> {
+        self.cache.invalidate(path);
+        let st = self.local.lstat(path)?;
+        Ok(self.register(parent, name, Side::Local, &st))
+    }
+
+    pub fn mkdir(&self, parent: u64, name: &OsStr, mode: u32, caller: Caller) -> FsResult<Entry> {
+        let path = self.prepare_create(parent, name)?;
+        {
+            let _identity = CallerIdentity::assume(caller.uid, caller.gid);
+            self.local.mkdir(&path, mode & 0o7777)?;
+        }
+        let entry = self.created(parent, name, &path)?;
+        self.replicate(Op::new(path, OpKind::Mkdir));
+        Ok(entry)
+    }
+
+    pub fn mknod(
+        &self,
+        parent: u64,
+        name: &OsStr,
+        mode: u32,
+        rdev: u32,
+        caller: Caller,
+    ) -> FsResult<Entry> {
+        let path = self.prepare_create(parent, name)?;
+        {
+            let _identity = CallerIdentity::assume(caller.uid, caller.gid);
+            self.local.mknod(&path, mode, rdev as u64)?;
+        }
+        let entry = self.created(parent, name, &path)?;
+        let kind = if mode & libc::S_IFMT == libc::S_IFREG {
+            OpKind::Data(RangeSet::new())
+        } else {
+            OpKind::Mknod
+        };
+        self.replicate(Op::new(path, kind));
+        Ok(entry)
+    }
+
+    pub fn symlink(
+        &self,
+        parent: u64,
+        name: &OsStr,
+        target: &OsStr,
+        caller: Caller,
+    ) -> FsResult<Entry> {
+        let path = self.prepare_create(parent, name)?;
+        {
+            let _identity = CallerIdentity::assume(caller.uid, caller.gid);
+            self.local.symlink(target, &path)?;
+        }
+        let entry = self.created(parent, name, &path)?;
+        self.replicate(Op::new(path, OpKind::Symlink));
+        Ok(entry)
+    }
+
+    pub fn link(&self, id: u64, new_parent: u64, new_name: &OsStr) -> FsResult<Entry> {
+        let source = self.node_path(id)?;
+        self.ensure_local(&source)?;
+        let path = self.prepare_create(new_parent, new_name)?;
+
+        self.local.link(&source, &path)?;
+        self.cache.invalidate(&source);
+        let entry = self.created(new_parent, new_name, &path)?;
+        self.replicate(Op::new(source, OpKind::Link { to: path }));
+        Ok(entry)
+    }
+
+    pub fn unlink(&self, parent: u64, name: &OsStr) -> FsResult<()> {
+        let path = self.child_path(parent, name)?;
+        match self.local.unlink(&path) {
+            Ok(()) => {}
+            // Only the remote holds this entry: removing it there is the whole change.
+            Err(Errno::ENOENT) => {
+                let st = self.remote_stat(&path).ok_or(Errno::ENOENT)?;
+                if file_type(&st) == libc::S_IFDIR {
+                    return Err(Errno::EISDIR);
+                }
+            }
+            Err(errno) => return Err(errno),
+        }
+
+        self.inodes.lock().remove_name(parent, name);
+        self.cache.invalidate(&path);
+        self.replicate(Op::new(path, OpKind::Unlink));
+        Ok(())
+    }
+
+    pub fn rmdir(&self, parent: u64, name: &OsStr) -> FsResult<()> {
+        let path = self.child_path(parent, name)?;
+        if self.remote_has_visible_children(&path) {
+            return Err(Errno::ENOTEMPTY);
+        }
+        match self.local.rmdir(&path) {
+            Ok(()) => {}
+            Err(Errno::ENOENT) => {
+                let st = self.remote_stat(&path).ok_or(Errno::ENOENT)?;
+                if file_type(&st) != libc::S_IFDIR {
+                    return Err(Errno::ENOTDIR);
+                }
+            }
+            Err(errno) => return Err(errno),
+        }
+
+        self.inodes.lock().remove_name(parent, name);
+        self.cache.clear();
+        self.replicate(Op::new(path, OpKind::Rmdir));
+        Ok(())
+    }
+
+    /// Whether the remote directory at `path` has entries that the merged listing shows.
+    fn remote_has_visible_children(&self, path: &Path) -> bool {
+        if self.replicator.hides_remote(path) {
+            return false;
+        }
+        let Ok(fd) = self.remote.open_dir(path) else {
+            return false;
+        };
+        let Ok(entries) = read_dir(fd) else {
+            return false;
+        };
+        entries.iter().any(|entry| {
+            let child = path.join(&entry.name);
+            !super::is_reserved(&child)
+                && self.local.lstat(&child).is_err()
+                && !self.replicator.hides_remote(&child)
+        })
+    }
+
+    pub fn rename(
+        &self,
+        parent: u64,
+        name: &OsStr,
+        new_parent: u64,
+        new_name: &OsStr,
+        flags: u32,
+    ) -> FsResult<()> {
+        let from = self.child_path(parent, name)?;
+        let to = self.new_child_path(new_parent, new_name)?;
+        let exchange = flags & libc::RENAME_EXCHANGE != 0;
+
+        self.ensure_local(&from)?;
+        if exchange {
+            self.ensure_local(&to)?;
+        } else {
+            self.ensure_local(to.parent().unwrap_or(Path::new("")))?;
+        }
+        if flags & libc::RENAME_NOREPLACE != 0
+            && self.local.lstat(&to).is_err()
+            && self.remote_stat(&to).is_some()
+        {
+            return Err(Errno::EEXIST);
+        }
+
+        let is_dir = self
+            .local
+            .lstat(&from)
+            .is_ok_and(|st| file_type(&st) == libc::S_IFDIR);
+        self.local.rename(&from, &to, flags)?;
+
+        {
+            let mut inodes = self.inodes.lock();
+            if exchange {
+                inodes.exchange(parent, name, new_parent, new_name);
+            } else {
+                inodes.rename(parent, name, new_parent, new_name);
+            }
+        }
+        if is_dir || exchange {
+            self.cache.clear();
+        } else {
+            self.cache.invalidate(&from);
+            self.cache.invalidate(&to);
+        }
+        self.replicate(Op::new(from, OpKind::Rename { to, flags }));
+        Ok(())
+    }
+
+    pub fn setattr(&self, id: u64, fh: Option<u64>, change: SetAttr) -> FsResult<FileAttr> {
+        let handle = fh.and_then(|fh| self.handles.file(fh));
+        let path = self.node_path(id).ok();
+
+        if let Some(handle) = handle.filter(|h| h.side == Side::Local) {
+            let fd = handle.file.as_raw_fd();
+            set_attrs_fd(fd, &change)?;
+            let st = backend::fstat(std::os::fd::AsFd::as_fd(&handle.file))?;
+            if let Some(path) = path {
+                self.after_setattr(path, &change);
+            }
+            return Ok(to_file_attr(id, &st));
+        }
+
+        let path = path.ok_or(Errno::ENOENT)?;
+        self.ensure_local(&path)?;
+        self.set_attrs_path(&path, &change)?;
+        let st = self.local.lstat(&path)?;
+        self.after_setattr(path, &change);
+        Ok(to_file_attr(id, &st))
+    }
+
+    fn set_attrs_path(&self, path: &Path, change: &SetAttr) -> FsResult<()> {
+        if change.uid.is_some() || change.gid.is_some() {
+            self.local.chown(
+                path,
+                change.uid.unwrap_or(u32::MAX),
+                change.gid.unwrap_or(u32::MAX),
+            )?;
+        }
+        if let Some(mode) = change.mode {
+            let st = self.local.lstat(path)?;
+            if file_type(&st) != libc::S_IFLNK {
+                self.local.chmod(path, mode)?;
+            }
+        }
+        if let Some(size) = change.size {
+            self.local.truncate(path, size)?;
+        }
+        if change.atime.is_some() || change.mtime.is_some() {
+            let times = [to_timespec(change.atime), to_timespec(change.mtime)];
+            self.local.utimens(path, &times)?;
+        }
+        Ok(())
+    }
+
+    fn after_setattr(&self, path: std::path::PathBuf, change: &SetAttr) {
+        self.cache.invalidate(&path);
+        let kind = if change.size.is_some() {
+            OpKind::Data(RangeSet::new())
+        } else {
+            OpKind::Attr
+        };
+        self.replicate(Op::new(path, kind));
+    }
+}
+
+/// Applies attribute changes through an open descriptor, which also works once the file's
+/// last name is gone.
+fn set_attrs_fd(fd: i32, change: &SetAttr) -> FsResult<()> {
+    // SAFETY: each call acts on an open descriptor and the results are checked.
+    unsafe {
+        if change.uid.is_some() || change.gid.is_some() {
+            check(libc::fchown(
+                fd,
+                change.uid.unwrap_or(u32::MAX),
+                change.gid.unwrap_or(u32::MAX),
+            ))?;
+        }
+        if let Some(mode) = change.mode {
+            check(libc::fchmod(fd, mode & 0o7777))?;
+        }
+        if let Some(size) = change.size {
+            check(libc::ftruncate(fd, size as libc::off_t))?;
+        }
+        if change.atime.is_some() || change.mtime.is_some() {
+            let times = [to_timespec(change.atime), to_timespec(change.mtime)];
+            check(libc::futimens(fd, times.as_ptr()))?;
+        }
+    }
+    Ok(())
+}
+
+fn check(ret: libc::c_int) -> FsResult<()> {
+    if ret < 0 {
+        Err(Errno::last())
+    } else {
+        Ok(())
+    }
+}

@@ -1,0 +1,281 @@
+//! `dualfs mount`: checks the directories, mounts, serves until unmounted or signalled, then
+//! drains the replication queue.
+
+use std::ffi::CString;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{bail, Context, Result};
+use fuser::{Config, SessionACL};
+use nix::mount::MsFlags;
+use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::iterator::Signals;
+
+use crate::backend::{Backend, Side};
+use crate::cli::MountArgs;
+use crate::fs::fuse::FuseAdapter;
+use crate::fs::{DualFs, FsConfig};
+use crate::replication::{ReplicationConfig, Replicator};
+use crate::STATE_DIR;
+
+/// The three directories of a mount, canonicalized and checked.
+#[derive(Debug)]
+pub struct MountPaths {
+    pub local: PathBuf,
+    pub remote: PathBuf,
+    pub mountpoint: PathBuf,
+}
+
+fn canonical_dir(path: &Path, role: &str, flag: &str) -> Result<PathBuf> {
+    let canonical = std::fs::canonicalize(path).with_context(|| {
+        format!(
+            "{role} directory {} cannot be opened; create it or pass another {flag}",
+            path.display()
+        )
+    })?;
+    if !canonical.is_dir() {
+        bail!(
+            "{role} path {} is not a directory; pass a directory as {flag}",
+            path.display()
+        );
+    }
+    Ok(canonical)
+}
+
+fn check_writable(path: &Path, role: &str) -> Result<()> {
+    let c_path = CString::new(path.as_os_str().as_bytes())?;
+    // SAFETY: access only reads the NUL-terminated path.
+    if unsafe { libc::access(c_path.as_ptr(), libc::W_OK | libc::X_OK) } != 0 {
+        let err = std::io::Error::last_os_error();
+        bail!(
+            "{role} directory {} is not writable ({err}); fix its permissions or mount options",
+            path.display()
+        );
+    }
+    Ok(())
+}
+
+/// Checks the directories given to `dualfs mount` and returns them canonicalized.
+pub fn check_paths(local: &Path, remote: &Path, mountpoint: &Path) -> Result<MountPaths> {
+    let local = canonical_dir(local, "local", "--local")?;
+    let remote = canonical_dir(remote, "remote", "--remote")?;
+    let mountpoint = canonical_dir(mountpoint, "mount point", "MOUNTPOINT")?;
+
+    if local == remote {
+        bail!(
+            "--local and --remote are the same directory {}; give two different directories",
+            local.display()
+        );
+    }
+    if local.starts_with(&remote) || remote.starts_with(&local) {
+        bail!(
+            "one backing directory is inside the other (local {}, remote {}); give two separate trees",
+            local.display(),
+            remote.display()
+        );
+    }
+    for (role, backing) in [("local", &local), ("remote", &remote)] {
+        if mountpoint.starts_with(backing) || backing.starts_with(&mountpoint) {
+            bail!(
+                "mount point {} overlaps the {role} directory {}; mount somewhere outside both trees",
+                mountpoint.display(),
+                backing.display()
+            );
+        }
+    }
+
+    check_writable(&local, "local")?;
+    check_writable(&remote, "remote")?;
+    let not_empty = std::fs::read_dir(&mountpoint)
+        .with_context(|| format!("mount point {} cannot be listed", mountpoint.display()))?
+        .next()
+        .is_some();
+    if not_empty {
+        bail!(
+            "mount point {} is not empty; mount on an empty directory so nothing is hidden",
+            mountpoint.display()
+        );
+    }
+
+    Ok(MountPaths {
+        local,
+        remote,
+        mountpoint,
+    })
+}
+
+fn prepare_state_dir(local: &Path) -> Result<()> {
+    let state = local.join(STATE_DIR);
+    match std::fs::create_dir(&state) {
+        Ok(()) => Ok(()),
+        Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists && state.is_dir() => Ok(()),
+        Err(err) => Err(err).with_context(|| {
+            format!(
+                "cannot create the state folder {}; the local directory must be writable",
+                state.display()
+            )
+        }),
+    }
+}
+
+fn fuse_config(args: &MountArgs) -> Config {
+    let mut config = Config::default();
+    if args.allow_other {
+        config.acl = SessionACL::All;
+    }
+    config.n_threads = Some(args.threads as usize);
+    config
+}
+
+/// Opens /dev/fuse and mounts it with mount(2) as type `fuse.dualfs`, so that mount tables
+/// and `mount -t` name the filesystem. Returns the connection's descriptor.
+///
+/// fuser's own mount names every filesystem plain `fuse`, which is why dualfs mounts itself
+/// and serves the descriptor with `Session::from_fd`.
+fn mount_fuse(local: &Path, mountpoint: &Path, allow_other: bool) -> Result<OwnedFd> {
+    let device = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/fuse")
+        .context("cannot open /dev/fuse; load the fuse module and run as root")?;
+    let fd = OwnedFd::from(device);
+
+    // SAFETY: getuid/getgid have no preconditions.
+    let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
+    let mut options = format!(
+        "fd={},rootmode=40000,user_id={uid},group_id={gid},default_permissions",
+        fd.as_raw_fd()
+    );
+    if allow_other {
+        options.push_str(",allow_other");
+    }
+
+    let source = format!("dualfs:{}", local.display());
+    nix::mount::mount(
+        Some(source.as_str()),
+        mountpoint,
+        Some("fuse.dualfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        Some(options.as_str()),
+    )
+    .with_context(|| {
+        format!(
+            "mount(2) of {} failed; dualfs needs root (CAP_SYS_ADMIN)",
+            mountpoint.display()
+        )
+    })?;
+    Ok(fd)
+}
+
+/// Unmounts, falling back to a lazy detach while files are still open.
+fn unmount(mountpoint: &Path) {
+    let Ok(c_path) = CString::new(mountpoint.as_os_str().as_bytes()) else {
+        return;
+    };
+    // SAFETY: umount2 only reads the NUL-terminated path.
+    if unsafe { libc::umount2(c_path.as_ptr(), 0) } == 0 {
+        return;
+    }
+    let err = std::io::Error::last_os_error();
+    tracing::warn!(mountpoint = %mountpoint.display(), %err, "unmount failed, detaching lazily");
+    // SAFETY: as above.
+    if unsafe { libc::umount2(c_path.as_ptr(), libc::MNT_DETACH) } != 0 {
+        let err = std::io::Error::last_os_error();
+        tracing::error!(mountpoint = %mountpoint.display(), %err, "lazy unmount failed");
+    }
+}
+
+pub fn run(args: MountArgs) -> Result<ExitCode> {
+    let paths = check_paths(&args.local, &args.remote, &args.mountpoint)?;
+    prepare_state_dir(&paths.local)?;
+
+    // Modes arrive already masked by the kernel; our own umask must not mask them again.
+    // SAFETY: umask has no preconditions.
+    unsafe { libc::umask(0) };
+
+    let local = Arc::new(
+        Backend::open(Side::Local, &paths.local)
+            .with_context(|| format!("cannot open local directory {}", paths.local.display()))?,
+    );
+    let remote = Arc::new(
+        Backend::open(Side::Remote, &paths.remote)
+            .with_context(|| format!("cannot open remote directory {}", paths.remote.display()))?,
+    );
+
+    let replicator = Arc::new(Replicator::start(
+        local.clone(),
+        remote.clone(),
+        ReplicationConfig {
+            mode: args.mode,
+            remote_timeout: args.remote_timeout,
+            workers: args.workers as usize,
+            mirror_owner: !args.no_mirror_owner,
+        },
+    )?);
+
+    let fs = DualFs::new(
+        local,
+        remote,
+        replicator.clone(),
+        FsConfig {
+            entry_ttl: args.entry_ttl,
+            attr_ttl: args.attr_ttl,
+            cache_ttl: args.cache_ttl,
+            cache_size: args.cache_size,
+        },
+    );
+
+    let fd = mount_fuse(&paths.local, &paths.mountpoint, args.allow_other)?;
+    let config = fuse_config(&args);
+    let session = match fuser::Session::from_fd(FuseAdapter::new(fs), fd, config.acl, config) {
+        Ok(session) => session,
+        Err(err) => {
+            unmount(&paths.mountpoint);
+            return Err(err).context("the FUSE handshake with the kernel failed");
+        }
+    };
+    tracing::info!(
+        local = %paths.local.display(),
+        remote = %paths.remote.display(),
+        mountpoint = %paths.mountpoint.display(),
+        mode = ?args.mode,
+        "mounted"
+    );
+
+    let mut signals = Signals::new([SIGINT, SIGTERM]).context("cannot install signal handlers")?;
+    let signal_handle = signals.handle();
+    let mountpoint = paths.mountpoint.clone();
+    let signal_thread = std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            if let Some(signal) = signals.forever().next() {
+                tracing::info!(signal, "unmounting on signal");
+                unmount(&mountpoint);
+            }
+        })?;
+
+    let served = session.run();
+    signal_handle.close();
+    let _ = signal_thread.join();
+    if let Err(err) = &served {
+        tracing::error!(%err, "FUSE session ended with an error");
+    }
+
+    let left = replicator.shutdown(args.drain_timeout);
+    if left > 0 {
+        tracing::error!(
+            left,
+            "unmounted with changes not yet on the remote; they are lost because the queue is in memory"
+        );
+        return Ok(ExitCode::FAILURE);
+    }
+    tracing::info!("unmounted; the remote holds every change");
+    Ok(if served.is_ok() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}

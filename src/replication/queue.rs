@@ -1,0 +1,529 @@
+//! The ordered queue of changes for the remote tree, with per-path ordering.
+//!
+//! NOTE: this queue lives in memory only. A crash of the daemon loses what it holds; a clean
+//! stop drains it first. The durable journal that survives kill -9 replaces this store.
+//!
+//! Operations on unrelated paths run concurrently. An operation waits while any earlier
+//! operation, queued or running, touches the same path, one of its ancestors or one of its
+//! descendants, so a directory is created before its children and a write reaches the remote
+//! before the rename or unlink that follows it.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, SystemTime};
+
+use crossbeam_channel::{Receiver, Sender};
+use parking_lot::{Condvar, Mutex};
+
+use super::op::{is_within, paths_overlap, rebase, Op, OpKind, RangeSet};
+
+/// How many queued operations a worker examines when looking for one it may run. Bounds the
+/// cost of a dispatch when a long chain of operations waits on one slow path.
+const DISPATCH_WINDOW: usize = 256;
+
+const RETRY_BASE: Duration = Duration::from_millis(100);
+const RETRY_MAX: Duration = Duration::from_secs(30);
+
+/// The last remote error of an operation, kept for the sync-state attributes.
+#[derive(Clone, Debug)]
+pub struct FailedAttempt {
+    pub message: String,
+    pub at: SystemTime,
+}
+
+#[derive(Debug)]
+struct Entry {
+    op: Op,
+    in_flight: bool,
+    /// Set after a failed attempt: the entry is not run again before this instant.
+    retry_at: Option<Instant>,
+    attempts: u32,
+    last_error: Option<FailedAttempt>,
+    /// Senders of callers that wait for this operation (sync mode, fsync).
+    waiters: Vec<Sender<()>>,
+    enqueued_at: Instant,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    entries: BTreeMap<u64, Entry>,
+    /// Sequence numbers of the queued operations that touch each exact path, oldest first.
+    by_path: HashMap<PathBuf, Vec<u64>>,
+    next_seq: u64,
+    shutdown: bool,
+}
+
+/// Queue-wide figures for the mount root's attributes.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct QueueSummary {
+    pub ops: usize,
+    pub in_flight: usize,
+    pub failing: usize,
+    pub oldest_age: Duration,
+}
+
+/// What the queue holds for one path and everything below it.
+#[derive(Clone, Debug, Default)]
+pub struct PathSummary {
+    pub ops: usize,
+    pub in_flight: usize,
+    pub data_ranges: Vec<RangeSet>,
+    pub last_error: Option<FailedAttempt>,
+}
+
+/// A handle to wait for one queued operation.
+pub struct Ticket(Receiver<()>);
+
+impl Ticket {
+    /// Waits up to `timeout`; returns whether the operation reached the remote.
+    pub fn wait(&self, timeout: Duration) -> bool {
+        self.0.recv_timeout(timeout).is_ok()
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct Queue {
+    inner: Mutex<Inner>,
+    /// Signalled when an operation may have become runnable.
+    work: Condvar,
+    /// Signalled when the queue becomes empty.
+    idle: Condvar,
+}
+
+impl Inner {
+    fn index(&mut self, seq: u64, op: &Op) {
+        self.by_path.entry(op.path.clone()).or_default().push(seq);
+        if let Some(second) = op.second_path() {
+            self.by_path
+                .entry(second.to_path_buf())
+                .or_default()
+                .push(seq);
+        }
+    }
+
+    fn unindex(&mut self, seq: u64, op: &Op) {
+        let mut drop_seq = |path: &Path| {
+            if let Some(list) = self.by_path.get_mut(path) {
+                list.retain(|&s| s != seq);
+                if list.is_empty() {
+                    self.by_path.remove(path);
+                }
+            }
+        };
+        drop_seq(&op.path);
+        if let Some(second) = op.second_path() {
+            drop_seq(second);
+        }
+    }
+
+    fn insert(&mut self, op: Op) -> u64 {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        self.index(seq, &op);
+        self.entries.insert(
+            seq,
+            Entry {
+                op,
+                in_flight: false,
+                retry_at: None,
+                attempts: 0,
+                last_error: None,
+                waiters: Vec::new(),
+                enqueued_at: Instant::now(),
+            },
+        );
+        seq
+    }
+
+    fn remove(&mut self, seq: u64) -> Option<Entry> {
+        let entry = self.entries.remove(&seq)?;
+        self.unindex(seq, &entry.op);
+        Some(entry)
+    }
+
+    /// Folds a state-transfer operation into the last queued one for the same path, when
+    /// that one has not started and would transfer at least as much.
+    fn coalesce(&mut self, op: &Op) -> Option<u64> {
+        let seq = *self.by_path.get(&op.path)?.last()?;
+        let entry = self.entries.get_mut(&seq)?;
+        if entry.in_flight || entry.op.path != op.path {
+            return None;
+        }
+
+        match (&mut entry.op.kind, &op.kind) {
+            (OpKind::Data(existing), OpKind::Data(added)) => existing.merge(added),
+            (OpKind::Data(_), OpKind::Attr) => {}
+            (OpKind::Attr, OpKind::Attr) => {}
+            (OpKind::Attr, OpKind::Data(_)) => entry.op.kind = op.kind.clone(),
+            (OpKind::Mkdir | OpKind::Mknod | OpKind::Symlink, OpKind::Attr) => {}
+            (OpKind::Xattr(existing), OpKind::Xattr(added)) if existing == added => {}
+            _ => return None,
+        }
+        Some(seq)
+    }
+
+    /// Takes the queued state transfers below a path that is being renamed away and returns
+    /// them rebased onto the new name, so they are applied after the rename. Data of a moved
+    /// file is copied whole, because the old name may be reused before the rename applies.
+    fn take_moved(&mut self, from: &Path, to: &Path) -> Vec<Op> {
+        let mut moved = Vec::new();
+        let candidates: Vec<u64> = self
+            .entries
+            .iter()
+            .filter(|(_, e)| is_within(&e.op.path, from) && e.op.second_path().is_none())
+            .map(|(&seq, _)| seq)
+            .collect();
+
+        for seq in candidates {
+            let entry = &self.entries[&seq];
+            let Some(path) = rebase(&entry.op.path, from, to) else {
+                continue;
+            };
+            let kind = match &entry.op.kind {
+                OpKind::Data(_) => OpKind::Data(RangeSet::everything()),
+                OpKind::Attr => OpKind::Attr,
+                OpKind::Xattr(name) => OpKind::Xattr(name.clone()),
+                _ => continue,
+            };
+            if !entry.in_flight {
+                self.remove(seq);
+            }
+            moved.push(Op::new(path, kind));
+        }
+        moved
+    }
+}
+
+impl Queue {
+    pub fn new() -> Queue {
+        Queue::default()
+    }
+
+    /// Queues an operation and returns a ticket to wait for it.
+    pub fn push(&self, op: Op) -> Ticket {
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        let mut inner = self.inner.lock();
+
+        let seq = match &op.kind {
+            OpKind::Data(_) | OpKind::Attr | OpKind::Xattr(_) => inner.coalesce(&op),
+            _ => None,
+        };
+        let seq = match seq {
+            Some(seq) => seq,
+            None => self.insert_with_moves(&mut inner, op),
+        };
+
+        if let Some(entry) = inner.entries.get_mut(&seq) {
+            entry.waiters.push(tx);
+        }
+        drop(inner);
+        self.work.notify_all();
+        Ticket(rx)
+    }
+
+    fn insert_with_moves(&self, inner: &mut Inner, op: Op) -> u64 {
+        let OpKind::Rename { to, flags } = &op.kind else {
+            return inner.insert(op);
+        };
+
+        let mut follow_ups = inner.take_moved(&op.path, to);
+        if flags & libc::RENAME_EXCHANGE != 0 {
+            follow_ups.extend(inner.take_moved(to, &op.path));
+        }
+
+        let seq = inner.insert(op);
+        for follow_up in follow_ups {
+            inner.insert(follow_up);
+        }
+        seq
+    }
+
+    /// Blocks until an operation may run and marks it running; `None` after shutdown.
+    pub fn next(&self) -> Option<(u64, Op)> {
+        let mut inner = self.inner.lock();
+        loop {
+            if inner.shutdown {
+                return None;
+            }
+
+            let now = Instant::now();
+            let mut earliest_retry: Option<Instant> = None;
+            let mut chosen = None;
+            let window: Vec<(u64, &Entry)> = inner
+                .entries
+                .iter()
+                .take(DISPATCH_WINDOW)
+                .map(|(&s, e)| (s, e))
+                .collect();
+
+            for (i, (seq, entry)) in window.iter().enumerate() {
+                if entry.in_flight {
+                    continue;
+                }
+                if let Some(at) = entry.retry_at {
+                    if at > now {
+                        earliest_retry = Some(earliest_retry.map_or(at, |e| e.min(at)));
+                        continue;
+                    }
+                }
+                let blocked = window[..i]
+                    .iter()
+                    .any(|(_, earlier)| ops_conflict(&earlier.op, &entry.op));
+                if !blocked {
+                    chosen = Some(*seq);
+                    break;
+                }
+            }
+
+            if let Some(seq) = chosen {
+                let entry = inner.entries.get_mut(&seq).expect("chosen entry exists");
+                entry.in_flight = true;
+                return Some((seq, entry.op.clone()));
+            }
+
+            match earliest_retry {
+                Some(at) => {
+                    self.work.wait_until(&mut inner, at);
+                }
+                None => self.work.wait(&mut inner),
+            }
+        }
+    }
+
+    /// Records the result of running an operation: on success it leaves the queue and its
+    /// waiters are released; on failure it is retried later with exponential backoff.
+    pub fn finish(&self, seq: u64, result: Result<(), String>) -> Option<Duration> {
+        let mut inner = self.inner.lock();
+        let retry = match result {
+            Ok(()) => {
+                if let Some(entry) = inner.remove(seq) {
+                    for waiter in entry.waiters {
+                        let _ = waiter.try_send(());
+                    }
+                }
+                None
+            }
+            Err(message) => inner.entries.get_mut(&seq).map(|entry| {
+                entry.in_flight = false;
+                entry.attempts += 1;
+                let delay = backoff(entry.attempts);
+                entry.retry_at = Some(Instant::now() + delay);
+                entry.last_error = Some(FailedAttempt {
+                    message,
+                    at: SystemTime::now(),
+                });
+                delay
+            }),
+        };
+
+        let empty = inner.entries.is_empty();
+        drop(inner);
+        self.work.notify_all();
+        if empty {
+            self.idle.notify_all();
+        }
+        retry
+    }
+
+    /// Waits until the queue is empty or `timeout` passes; returns whether it emptied.
+    pub fn wait_idle(&self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        let mut inner = self.inner.lock();
+        while !inner.entries.is_empty() {
+            if self.idle.wait_until(&mut inner, deadline).timed_out() {
+                return inner.entries.is_empty();
+            }
+        }
+        true
+    }
+
+    /// Stops handing out operations; workers blocked in `next` return `None`.
+    pub fn shutdown(&self) {
+        self.inner.lock().shutdown = true;
+        self.work.notify_all();
+    }
+
+    /// Whether a queued operation removes `path` or one of its ancestors from the remote, so
+    /// the remote entry there must not be shown (it is deleted or renamed away).
+    pub fn hides_remote(&self, path: &Path) -> bool {
+        let inner = self.inner.lock();
+        let mut current = Some(path);
+        while let Some(p) = current {
+            if p.as_os_str().is_empty() {
+                break;
+            }
+            let last = inner
+                .by_path
+                .get(p)
+                .and_then(|list| list.last())
+                .and_then(|seq| inner.entries.get(seq));
+            if let Some(entry) = last {
+                if entry.op.removes(p) {
+                    return true;
+                }
+            }
+            current = p.parent();
+        }
+        false
+    }
+
+    pub fn summary(&self) -> QueueSummary {
+        let inner = self.inner.lock();
+        let now = Instant::now();
+        QueueSummary {
+            ops: inner.entries.len(),
+            in_flight: inner.entries.values().filter(|e| e.in_flight).count(),
+            failing: inner
+                .entries
+                .values()
+                .filter(|e| e.last_error.is_some())
+                .count(),
+            oldest_age: inner
+                .entries
+                .values()
+                .next()
+                .map_or(Duration::ZERO, |e| now - e.enqueued_at),
+        }
+    }
+
+    /// Summarizes the queued operations on `path` and below it.
+    pub fn path_summary(&self, path: &Path) -> PathSummary {
+        let inner = self.inner.lock();
+        let mut summary = PathSummary::default();
+        for entry in inner.entries.values() {
+            let touches = is_within(&entry.op.path, path)
+                || entry.op.second_path().is_some_and(|p| is_within(p, path));
+            if !touches {
+                continue;
+            }
+            summary.ops += 1;
+            if entry.in_flight {
+                summary.in_flight += 1;
+            }
+            if let OpKind::Data(ranges) = &entry.op.kind {
+                if entry.op.path == path {
+                    summary.data_ranges.push(ranges.clone());
+                }
+            }
+            if entry.last_error.is_some() {
+                summary.last_error = entry.last_error.clone();
+            }
+        }
+        summary
+    }
+}
+
+fn ops_conflict(a: &Op, b: &Op) -> bool {
+    let a_paths = [Some(a.path.as_path()), a.second_path()];
+    let b_paths = [Some(b.path.as_path()), b.second_path()];
+    a_paths
+        .iter()
+        .flatten()
+        .any(|pa| b_paths.iter().flatten().any(|pb| paths_overlap(pa, pb)))
+}
+
+/// Exponential backoff with jitter, capped at `RETRY_MAX`.
+fn backoff(attempts: u32) -> Duration {
+    let exp = RETRY_BASE.saturating_mul(1u32 << attempts.min(10));
+    let capped = exp.min(RETRY_MAX);
+    let nanos = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    let jitter = capped.mul_f64(0.5 * (nanos % 1000) as f64 / 1000.0);
+    capped / 2 + jitter
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn data(path: &str, start: u64, len: u64) -> Op {
+        Op::new(path, OpKind::Data(RangeSet::single(start, len)))
+    }
+
+    #[test]
+    fn unrelated_paths_run_concurrently() {
+        let queue = Queue::new();
+        queue.push(data("a", 0, 1));
+        queue.push(data("b", 0, 1));
+        let (first, _) = queue.next().unwrap();
+        let (second, op) = queue.next().unwrap();
+        assert_ne!(first, second);
+        assert_eq!(op.path, PathBuf::from("b"));
+    }
+
+    #[test]
+    fn child_waits_for_parent_mkdir() {
+        let queue = Queue::new();
+        queue.push(Op::new("d", OpKind::Mkdir));
+        queue.push(data("d/f", 0, 1));
+        queue.push(data("e", 0, 1));
+        let (mkdir, _) = queue.next().unwrap();
+        let (_, op) = queue.next().unwrap();
+        assert_eq!(op.path, PathBuf::from("e"), "d/f must wait for mkdir d");
+        queue.finish(mkdir, Ok(()));
+        let (_, op) = queue.next().unwrap();
+        assert_eq!(op.path, PathBuf::from("d/f"));
+    }
+
+    #[test]
+    fn writes_to_one_file_coalesce() {
+        let queue = Queue::new();
+        queue.push(data("f", 0, 10));
+        queue.push(data("f", 10, 10));
+        queue.push(Op::new("f", OpKind::Attr));
+        assert_eq!(queue.summary().ops, 1);
+        let (_, op) = queue.next().unwrap();
+        assert_eq!(op.kind, OpKind::Data(RangeSet::single(0, 20)));
+    }
+
+    #[test]
+    fn rename_moves_pending_data_after_it() {
+        let queue = Queue::new();
+        queue.push(data("a", 0, 10));
+        queue.push(Op::new(
+            "a",
+            OpKind::Rename {
+                to: PathBuf::from("b"),
+                flags: 0,
+            },
+        ));
+        let (rename, op) = queue.next().unwrap();
+        assert_eq!(op.name(), "rename");
+        queue.finish(rename, Ok(()));
+        let (_, op) = queue.next().unwrap();
+        assert_eq!(op, Op::new("b", OpKind::Data(RangeSet::everything())));
+    }
+
+    #[test]
+    fn queued_unlink_hides_remote_entry() {
+        let queue = Queue::new();
+        queue.push(Op::new("d/f", OpKind::Unlink));
+        assert!(queue.hides_remote(Path::new("d/f")));
+        assert!(!queue.hides_remote(Path::new("d")));
+        queue.push(Op::new("d", OpKind::Rmdir));
+        assert!(queue.hides_remote(Path::new("d/g")));
+    }
+
+    #[test]
+    fn failed_operation_blocks_dependents_until_retry() {
+        let queue = Queue::new();
+        queue.push(data("f", 0, 1));
+        queue.push(Op::new("f", OpKind::Unlink));
+        let (seq, _) = queue.next().unwrap();
+        let delay = queue.finish(seq, Err("EIO".into())).unwrap();
+        assert!(delay <= RETRY_MAX);
+        assert_eq!(queue.path_summary(Path::new("f")).ops, 2);
+        assert!(queue.path_summary(Path::new("f")).last_error.is_some());
+    }
+
+    #[test]
+    fn ticket_released_on_success() {
+        let queue = Queue::new();
+        let ticket = queue.push(data("f", 0, 1));
+        let (seq, _) = queue.next().unwrap();
+        queue.finish(seq, Ok(()));
+        assert!(ticket.wait(Duration::from_millis(10)));
+        assert!(queue.wait_idle(Duration::from_millis(10)));
+    }
+}
