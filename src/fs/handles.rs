@@ -55,6 +55,12 @@ impl HandleTable {
         self.files.read().get(&fh).cloned()
     }
 
+    /// Returns any open handle of node `id`, for attributes of a file whose last name was
+    /// removed while it was open.
+    pub fn any_file_of(&self, id: u64) -> Option<Arc<FileHandle>> {
+        self.files.read().values().find(|h| h.id == id).cloned()
+    }
+
     pub fn remove_file(&self, fh: u64) -> Option<Arc<FileHandle>> {
         self.files.write().remove(&fh)
     }

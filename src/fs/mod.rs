@@ -201,12 +201,19 @@ impl DualFs {
     }
 
     pub fn getattr(&self, id: u64, fh: Option<u64>) -> FsResult<FileAttr> {
-        if let Some(handle) = fh.and_then(|fh| self.handles.file(fh)) {
+        let handle = fh.and_then(|fh| self.handles.file(fh));
+        let path = self.node_path(id);
+        // The kernel asks fstat of an unlinked file without a handle; any open one answers.
+        let handle = handle.or_else(|| {
+            path.is_err()
+                .then(|| self.handles.any_file_of(id))
+                .flatten()
+        });
+        if let Some(handle) = handle {
             let st = crate::backend::fstat(std::os::fd::AsFd::as_fd(&handle.file))?;
             return Ok(attr::to_file_attr(id, &st));
         }
-        let path = self.node_path(id)?;
-        let (_, st) = self.resolve(&path)?;
+        let (_, st) = self.resolve(&path?)?;
         Ok(attr::to_file_attr(id, &st))
     }
 
