@@ -176,6 +176,7 @@ fn sparse_file_keeps_holes_on_remote() {
     let path = mount.path().join("sparse.bin");
     let file = OpenOptions::new()
         .create(true)
+        .truncate(true)
         .read(true)
         .write(true)
         .open(&path)
