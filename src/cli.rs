@@ -80,6 +80,11 @@ pub struct MountArgs {
     #[arg(long, default_value_t = 100_000, value_name = "ENTRIES")]
     pub cache_size: usize,
 
+    /// Copy a remote-only file into the local tree when it is first opened, so later reads are
+    /// local.
+    #[arg(long)]
+    pub hydrate: bool,
+
     /// Let users other than the one who mounted use the mount (needs root or
     /// user_allow_other in /etc/fuse.conf).
     #[arg(long)]

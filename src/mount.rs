@@ -225,6 +225,7 @@ pub fn run(args: MountArgs) -> Result<ExitCode> {
             attr_ttl: args.attr_ttl,
             cache_ttl: args.cache_ttl,
             cache_size: args.cache_size,
+            hydrate: args.hydrate,
         },
     );
 

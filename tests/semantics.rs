@@ -423,3 +423,25 @@ fn status_command_reports_state() {
     let remote = get_xattr(mount.path(), "user.dualfs.remote").unwrap();
     assert_eq!(remote, b"up");
 }
+
+#[test]
+fn hydrate_copies_remote_file_on_open() {
+    let mut mount = Mount::start_with_args(&["--hydrate"]);
+    fs::create_dir(mount.remote().join("cold")).unwrap();
+    fs::write(mount.remote().join("cold/data.bin"), b"remote bytes").unwrap();
+
+    assert_eq!(
+        fs::read(mount.path().join("cold/data.bin")).unwrap(),
+        b"remote bytes"
+    );
+    assert_eq!(
+        fs::read(mount.local().join("cold/data.bin")).unwrap(),
+        b"remote bytes",
+        "--hydrate must copy the file into the local tree on open"
+    );
+    assert_eq!(state(&mount.path().join("cold/data.bin")), "synced");
+
+    mount.wait_synced();
+    mount.unmount();
+    assert_no_differences(&compare_trees(mount.local(), mount.remote()), "remote");
+}

@@ -54,7 +54,7 @@ impl DualFs {
         if file_type(&st) == libc::S_IFDIR {
             return Err(Errno::EISDIR);
         }
-        if wants_write(flags) && side == Side::Remote {
+        if side == Side::Remote && (wants_write(flags) || self.config.hydrate) {
             self.ensure_local(&path)?;
             side = Side::Local;
         }

@@ -47,6 +47,8 @@ pub struct FsConfig {
     pub cache_ttl: Duration,
     /// Maximum number of paths in dualfs's own metadata cache.
     pub cache_size: usize,
+    /// Whether opening a remote-only file copies it into the local tree first.
+    pub hydrate: bool,
 }
 
 /// A name resolved to a node, as returned by lookup and the creating calls.
@@ -218,8 +220,8 @@ impl DualFs {
     }
 
     /// Makes sure the local tree holds `path`, copying it from the remote tree when only the
-    /// remote has it, so that a change can be applied locally and then mirrored. Nothing is
-    /// queued: the remote already has what is copied.
+    /// remote has it, so that a change can be applied locally and then mirrored. Only the
+    /// parent's attributes are queued: the remote already has what is copied.
     fn ensure_local(&self, path: &Path) -> FsResult<()> {
         match self.local.lstat(path) {
             Ok(_) => return Ok(()),
@@ -248,6 +250,9 @@ impl DualFs {
         if let Some(parent_st) = parent_times {
             let _ = self.local.utimens(parent, &times_of(&parent_st));
         }
+        // The remote parent's times may differ (its entry was added behind our back); the
+        // local tree decides, so they are copied over.
+        self.replicate(Op::new(parent, crate::replication::OpKind::Attr));
 
         tracing::debug!(path = %path.display(), "copied remote-only entry into the local tree");
         self.cache.invalidate(path);
