@@ -214,6 +214,7 @@ pub fn run(args: MountArgs) -> Result<ExitCode> {
             workers: args.workers as usize,
             mirror_owner: !args.no_mirror_owner,
         },
+        &paths.local.join(STATE_DIR).join("journal"),
     )?);
 
     let fs = DualFs::new(
@@ -267,13 +268,14 @@ pub fn run(args: MountArgs) -> Result<ExitCode> {
 
     let left = replicator.shutdown(args.drain_timeout);
     if left > 0 {
-        tracing::error!(
+        tracing::warn!(
             left,
-            "unmounted with changes not yet on the remote; they are lost because the queue is in memory"
+            "unmounted with changes not yet on the remote; the journal keeps them for the next mount"
         );
-        return Ok(ExitCode::FAILURE);
     }
-    tracing::info!("unmounted; the remote holds every change");
+    if left == 0 {
+        tracing::info!("unmounted; the remote holds every change");
+    }
     Ok(if served.is_ok() {
         ExitCode::SUCCESS
     } else {

@@ -38,14 +38,23 @@ impl DualFs {
         (st.st_nlink > 0).then_some(path)
     }
 
-    fn queue_data(&self, handle: &FileHandle, ranges: RangeSet) {
-        if handle.side != Side::Local {
-            return;
-        }
-        if let Some(path) = self.open_file_path(handle) {
-            self.cache.invalidate(&path);
-            self.replicate(Op::new(path, OpKind::Data(ranges)));
-        }
+    /// Makes a data change through an open file with `local` and records it for the remote,
+    /// unless the file has no name left.
+    fn record_data<T>(
+        &self,
+        handle: &FileHandle,
+        ranges: RangeSet,
+        local: impl FnOnce() -> FsResult<T>,
+    ) -> FsResult<T> {
+        let Some(path) = self.open_file_path(handle) else {
+            return local();
+        };
+        self.cache.invalidate(&path);
+        let result = self
+            .replicator
+            .record(Op::new(path.clone(), OpKind::Data(ranges)), local);
+        self.cache.invalidate(&path);
+        result
     }
 
     pub fn open(&self, id: u64, flags: libc::c_int) -> FsResult<u64> {
@@ -59,13 +68,17 @@ impl DualFs {
             side = Side::Local;
         }
 
-        let file = self
-            .backend(side)
-            .open_file(&path, flags & !STRIPPED_FLAGS, 0)?;
-        if flags & libc::O_TRUNC != 0 {
+        let open = || {
+            self.backend(side)
+                .open_file(&path, flags & !STRIPPED_FLAGS, 0)
+        };
+        let file = if flags & libc::O_TRUNC != 0 {
             self.cache.invalidate(&path);
-            self.replicate(Op::new(path, OpKind::Data(RangeSet::new())));
-        }
+            let op = Op::new(path.clone(), OpKind::Data(RangeSet::new()));
+            self.replicator.record(op, open)?
+        } else {
+            open()?
+        };
         Ok(self.handles.insert_file(FileHandle { file, id, side }))
     }
 
@@ -79,10 +92,11 @@ impl DualFs {
     ) -> FsResult<(Entry, u64)> {
         let path = self.prepare_create(parent, name)?;
         let open_flags = (flags & !STRIPPED_FLAGS) | libc::O_CREAT | (flags & libc::O_EXCL);
-        let file = {
+        let op = Op::new(path.clone(), OpKind::Data(RangeSet::new()));
+        let file = self.replicator.record(op, || {
             let _identity = CallerIdentity::assume(caller.uid, caller.gid);
-            self.local.open_file(&path, open_flags, mode & 0o7777)?
-        };
+            self.local.open_file(&path, open_flags, mode & 0o7777)
+        })?;
 
         let entry = self.created(parent, name, &path)?;
         let fh = self.handles.insert_file(FileHandle {
@@ -90,7 +104,6 @@ impl DualFs {
             id: entry.id,
             side: Side::Local,
         });
-        self.replicate(Op::new(path, OpKind::Data(RangeSet::new())));
         Ok((entry, fh))
     }
 
@@ -117,8 +130,10 @@ impl DualFs {
         if handle.side != Side::Local {
             return Err(Errno::EBADF);
         }
-        handle.file.write_all_at(data, offset).map_err(io_errno)?;
-        self.queue_data(&handle, RangeSet::single(offset, data.len() as u64));
+        let ranges = RangeSet::single(offset, data.len() as u64);
+        self.record_data(&handle, ranges, || {
+            handle.file.write_all_at(data, offset).map_err(io_errno)
+        })?;
         Ok(data.len() as u32)
     }
 
@@ -140,7 +155,7 @@ impl DualFs {
         if self.replicator.mode() == Mode::Sync && handle.side == Side::Local {
             if let Some(path) = self.open_file_path(&handle) {
                 self.replicator
-                    .submit_and_wait(Op::new(path, OpKind::Fsync));
+                    .submit_and_wait(Op::new(path, OpKind::Fsync))?;
             }
         }
         Ok(())
@@ -151,20 +166,22 @@ impl DualFs {
         if handle.side != Side::Local {
             return Err(Errno::EBADF);
         }
-        // SAFETY: fallocate on an open descriptor; the result is checked.
-        let ret = unsafe {
-            libc::fallocate(
-                handle.file.as_raw_fd(),
-                mode,
-                offset as libc::off_t,
-                length as libc::off_t,
-            )
-        };
-        if ret < 0 {
-            return Err(Errno::last());
-        }
-        self.queue_data(&handle, RangeSet::single(offset, length));
-        Ok(())
+        self.record_data(&handle, RangeSet::single(offset, length), || {
+            // SAFETY: fallocate on an open descriptor; the result is checked.
+            let ret = unsafe {
+                libc::fallocate(
+                    handle.file.as_raw_fd(),
+                    mode,
+                    offset as libc::off_t,
+                    length as libc::off_t,
+                )
+            };
+            if ret < 0 {
+                Err(Errno::last())
+            } else {
+                Ok(())
+            }
+        })
     }
 
     pub fn lseek(&self, fh: u64, offset: i64, whence: i32) -> FsResult<i64> {
@@ -193,14 +210,14 @@ impl DualFs {
         }
         let len = len.min(u32::MAX as u64 & !0xfff);
 
-        let copied = match kernel_copy(&source.file, offset_in, &target.file, offset_out, len) {
-            Ok(n) => n,
+        let copy = || match kernel_copy(&source.file, offset_in, &target.file, offset_out, len) {
+            Ok(n) => Ok(n),
             Err(Errno::EXDEV | Errno::EINVAL | Errno::ENOSYS | Errno::EOPNOTSUPP) => {
-                buffered_copy(&source.file, offset_in, &target.file, offset_out, len)?
+                buffered_copy(&source.file, offset_in, &target.file, offset_out, len)
             }
-            Err(errno) => return Err(errno),
+            Err(errno) => Err(errno),
         };
-        self.queue_data(&target, RangeSet::single(offset_out, copied));
+        let copied = self.record_data(&target, RangeSet::single(offset_out, len), copy)?;
         Ok(copied as u32)
     }
 }

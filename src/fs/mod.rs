@@ -101,10 +101,6 @@ impl DualFs {
         self.cache.stats()
     }
 
-    fn replicate(&self, op: Op) {
-        self.replicator.submit(op);
-    }
-
     /// Returns the path of a node; a node whose every name was removed has none.
     fn node_path(&self, id: u64) -> FsResult<PathBuf> {
         self.inodes.lock().path(id).ok_or(Errno::ENOENT)
@@ -252,7 +248,8 @@ impl DualFs {
         }
         // The remote parent's times may differ (its entry was added behind our back); the
         // local tree decides, so they are copied over.
-        self.replicate(Op::new(parent, crate::replication::OpKind::Attr));
+        self.replicator
+            .submit(Op::new(parent, crate::replication::OpKind::Attr))?;
 
         tracing::debug!(path = %path.display(), "copied remote-only entry into the local tree");
         self.cache.invalidate(path);

@@ -46,13 +46,12 @@ impl DualFs {
 
     pub fn mkdir(&self, parent: u64, name: &OsStr, mode: u32, caller: Caller) -> FsResult<Entry> {
         let path = self.prepare_create(parent, name)?;
-        {
-            let _identity = CallerIdentity::assume(caller.uid, caller.gid);
-            self.local.mkdir(&path, mode & 0o7777)?;
-        }
-        let entry = self.created(parent, name, &path)?;
-        self.replicate(Op::new(path, OpKind::Mkdir));
-        Ok(entry)
+        self.replicator
+            .record(Op::new(path.clone(), OpKind::Mkdir), || {
+                let _identity = CallerIdentity::assume(caller.uid, caller.gid);
+                self.local.mkdir(&path, mode & 0o7777)
+            })?;
+        self.created(parent, name, &path)
     }
 
     pub fn mknod(
@@ -64,18 +63,16 @@ impl DualFs {
         caller: Caller,
     ) -> FsResult<Entry> {
         let path = self.prepare_create(parent, name)?;
-        {
-            let _identity = CallerIdentity::assume(caller.uid, caller.gid);
-            self.local.mknod(&path, mode, rdev as u64)?;
-        }
-        let entry = self.created(parent, name, &path)?;
         let kind = if mode & libc::S_IFMT == libc::S_IFREG {
             OpKind::Data(RangeSet::new())
         } else {
             OpKind::Mknod
         };
-        self.replicate(Op::new(path, kind));
-        Ok(entry)
+        self.replicator.record(Op::new(path.clone(), kind), || {
+            let _identity = CallerIdentity::assume(caller.uid, caller.gid);
+            self.local.mknod(&path, mode, rdev as u64)
+        })?;
+        self.created(parent, name, &path)
     }
 
     pub fn symlink(
@@ -86,13 +83,12 @@ impl DualFs {
         caller: Caller,
     ) -> FsResult<Entry> {
         let path = self.prepare_create(parent, name)?;
-        {
-            let _identity = CallerIdentity::assume(caller.uid, caller.gid);
-            self.local.symlink(target, &path)?;
-        }
-        let entry = self.created(parent, name, &path)?;
-        self.replicate(Op::new(path, OpKind::Symlink));
-        Ok(entry)
+        self.replicator
+            .record(Op::new(path.clone(), OpKind::Symlink), || {
+                let _identity = CallerIdentity::assume(caller.uid, caller.gid);
+                self.local.symlink(target, &path)
+            })?;
+        self.created(parent, name, &path)
     }
 
     pub fn link(&self, id: u64, new_parent: u64, new_name: &OsStr) -> FsResult<Entry> {
@@ -100,30 +96,33 @@ impl DualFs {
         self.ensure_local(&source)?;
         let path = self.prepare_create(new_parent, new_name)?;
 
-        self.local.link(&source, &path)?;
+        let op = Op::new(source.clone(), OpKind::Link { to: path.clone() });
+        self.replicator
+            .record(op, || self.local.link(&source, &path))?;
         self.cache.invalidate(&source);
-        let entry = self.created(new_parent, new_name, &path)?;
-        self.replicate(Op::new(source, OpKind::Link { to: path }));
-        Ok(entry)
+        self.created(new_parent, new_name, &path)
     }
 
     pub fn unlink(&self, parent: u64, name: &OsStr) -> FsResult<()> {
         let path = self.child_path(parent, name)?;
-        match self.local.unlink(&path) {
-            Ok(()) => {}
-            // Only the remote holds this entry: removing it there is the whole change.
-            Err(Errno::ENOENT) => {
-                let st = self.remote_stat(&path).ok_or(Errno::ENOENT)?;
-                if file_type(&st) == libc::S_IFDIR {
-                    return Err(Errno::EISDIR);
+        self.replicator
+            .record(Op::new(path.clone(), OpKind::Unlink), || {
+                match self.local.unlink(&path) {
+                    Ok(()) => Ok(()),
+                    // Only the remote holds this entry: removing it there is the whole change.
+                    Err(Errno::ENOENT) => {
+                        let st = self.remote_stat(&path).ok_or(Errno::ENOENT)?;
+                        if file_type(&st) == libc::S_IFDIR {
+                            return Err(Errno::EISDIR);
+                        }
+                        Ok(())
+                    }
+                    Err(errno) => Err(errno),
                 }
-            }
-            Err(errno) => return Err(errno),
-        }
+            })?;
 
         self.inodes.lock().remove_name(parent, name);
         self.cache.invalidate(&path);
-        self.replicate(Op::new(path, OpKind::Unlink));
         Ok(())
     }
 
@@ -132,20 +131,23 @@ impl DualFs {
         if self.remote_has_visible_children(&path) {
             return Err(Errno::ENOTEMPTY);
         }
-        match self.local.rmdir(&path) {
-            Ok(()) => {}
-            Err(Errno::ENOENT) => {
-                let st = self.remote_stat(&path).ok_or(Errno::ENOENT)?;
-                if file_type(&st) != libc::S_IFDIR {
-                    return Err(Errno::ENOTDIR);
+        self.replicator
+            .record(Op::new(path.clone(), OpKind::Rmdir), || {
+                match self.local.rmdir(&path) {
+                    Ok(()) => Ok(()),
+                    Err(Errno::ENOENT) => {
+                        let st = self.remote_stat(&path).ok_or(Errno::ENOENT)?;
+                        if file_type(&st) != libc::S_IFDIR {
+                            return Err(Errno::ENOTDIR);
+                        }
+                        Ok(())
+                    }
+                    Err(errno) => Err(errno),
                 }
-            }
-            Err(errno) => return Err(errno),
-        }
+            })?;
 
         self.inodes.lock().remove_name(parent, name);
         self.cache.clear();
-        self.replicate(Op::new(path, OpKind::Rmdir));
         Ok(())
     }
 
@@ -197,7 +199,15 @@ impl DualFs {
             .local
             .lstat(&from)
             .is_ok_and(|st| file_type(&st) == libc::S_IFDIR);
-        self.local.rename(&from, &to, flags)?;
+        let op = Op::new(
+            from.clone(),
+            OpKind::Rename {
+                to: to.clone(),
+                flags,
+            },
+        );
+        self.replicator
+            .record(op, || self.local.rename(&from, &to, flags))?;
 
         {
             let mut inodes = self.inodes.lock();
@@ -213,7 +223,6 @@ impl DualFs {
             self.cache.invalidate(&from);
             self.cache.invalidate(&to);
         }
-        self.replicate(Op::new(from, OpKind::Rename { to, flags }));
         Ok(())
     }
 
@@ -223,19 +232,21 @@ impl DualFs {
 
         if let Some(handle) = handle.filter(|h| h.side == Side::Local) {
             let fd = handle.file.as_raw_fd();
-            set_attrs_fd(fd, &change)?;
-            let st = backend::fstat(std::os::fd::AsFd::as_fd(&handle.file))?;
-            if let Some(path) = path {
-                self.after_setattr(path, &change);
+            match path {
+                Some(path) => self.record_setattr(path, &change, || set_attrs_fd(fd, &change))?,
+                // The file has no name left: nothing to mirror.
+                None => set_attrs_fd(fd, &change)?,
             }
+            let st = backend::fstat(std::os::fd::AsFd::as_fd(&handle.file))?;
             return Ok(to_file_attr(id, &st));
         }
 
         let path = path.ok_or(Errno::ENOENT)?;
         self.ensure_local(&path)?;
-        self.set_attrs_path(&path, &change)?;
+        self.record_setattr(path.clone(), &change, || {
+            self.set_attrs_path(&path, &change)
+        })?;
         let st = self.local.lstat(&path)?;
-        self.after_setattr(path, &change);
         Ok(to_file_attr(id, &st))
     }
 
@@ -263,14 +274,23 @@ impl DualFs {
         Ok(())
     }
 
-    fn after_setattr(&self, path: std::path::PathBuf, change: &SetAttr) {
-        self.cache.invalidate(&path);
+    /// Makes an attribute change with `local` and records it for the remote: a size change
+    /// is a data change, the rest is an attribute copy.
+    fn record_setattr(
+        &self,
+        path: std::path::PathBuf,
+        change: &SetAttr,
+        local: impl FnOnce() -> FsResult<()>,
+    ) -> FsResult<()> {
         let kind = if change.size.is_some() {
             OpKind::Data(RangeSet::new())
         } else {
             OpKind::Attr
         };
-        self.replicate(Op::new(path, kind));
+        self.cache.invalidate(&path);
+        let result = self.replicator.record(Op::new(path.clone(), kind), local);
+        self.cache.invalidate(&path);
+        result
     }
 }
 

@@ -10,7 +10,7 @@ use nix::errno::Errno;
 
 use super::{DualFs, FsResult};
 use crate::backend::{file_type, Side};
-use crate::replication::{Op, OpKind, RangeSet};
+use crate::replication::{Op, OpKind};
 
 pub const PREFIX: &str = "user.dualfs.";
 
@@ -70,12 +70,14 @@ impl DualFs {
             return self.set_sync_attribute(&path, name);
         }
         self.ensure_local(&path)?;
-        match self.local.setxattr(&path, name, value, flags) {
-            Err(Errno::ENOTSUP) if self.is_symlink(&path) => return Err(Errno::EPERM),
-            other => other?,
-        }
+        let op = Op::new(path.clone(), OpKind::Xattr(name.to_os_string()));
+        self.replicator.record(op, || {
+            match self.local.setxattr(&path, name, value, flags) {
+                Err(Errno::ENOTSUP) if self.is_symlink(&path) => Err(Errno::EPERM),
+                other => other,
+            }
+        })?;
         self.cache.invalidate(&path);
-        self.replicate(Op::new(path, OpKind::Xattr(name.to_os_string())));
         Ok(())
     }
 
@@ -85,12 +87,13 @@ impl DualFs {
             return Err(Errno::EPERM);
         }
         self.ensure_local(&path)?;
-        match self.local.removexattr(&path, name) {
-            Err(Errno::ENOTSUP) if self.is_symlink(&path) => return Err(Errno::ENODATA),
-            other => other?,
-        }
+        let op = Op::new(path.clone(), OpKind::Xattr(name.to_os_string()));
+        self.replicator
+            .record(op, || match self.local.removexattr(&path, name) {
+                Err(Errno::ENOTSUP) if self.is_symlink(&path) => Err(Errno::ENODATA),
+                other => other,
+            })?;
         self.cache.invalidate(&path);
-        self.replicate(Op::new(path, OpKind::Xattr(name.to_os_string())));
         Ok(())
     }
 
@@ -99,19 +102,12 @@ impl DualFs {
         if name != RESYNC {
             return Err(Errno::EPERM);
         }
-        let (side, st) = self.resolve(path)?;
+        let (side, _) = self.resolve(path)?;
         if side != Side::Local {
             return Err(Errno::EINVAL);
         }
-        let kind = match file_type(&st) {
-            libc::S_IFREG => OpKind::Data(RangeSet::everything()),
-            libc::S_IFDIR => OpKind::Mkdir,
-            libc::S_IFLNK => OpKind::Symlink,
-            _ => OpKind::Mknod,
-        };
         tracing::info!(path = %path.display(), "resync requested through xattr");
-        self.replicate(Op::new(path, kind));
-        Ok(())
+        self.replicator.submit(Op::new(path, OpKind::Resync))
     }
 
     /// Computes the value of one `user.dualfs.*` attribute for `path`.
@@ -132,13 +128,13 @@ impl DualFs {
             "user.dualfs.pending_bytes" => Ok(self.pending_bytes(path).to_string()),
             "user.dualfs.last_sync" => Ok(self
                 .replicator
-                .record(path)
+                .sync_record(path)
                 .last_sync
                 .map(rfc3339)
                 .unwrap_or_default()),
             "user.dualfs.last_error" => {
                 let queued = self.replicator.path_summary(path).last_error;
-                let recorded = self.replicator.record(path).last_error;
+                let recorded = self.replicator.sync_record(path).last_error;
                 Ok(queued.map(|e| e.message).or(recorded).unwrap_or_default())
             }
             "user.dualfs.remote" if is_root => Ok(self.remote_health().to_string()),

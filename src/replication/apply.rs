@@ -86,6 +86,7 @@ impl Applier<'_> {
             OpKind::Rename { to, flags } => self.rename(&op.path, to, *flags),
             OpKind::Link { to } => self.link(&op.path, to),
             OpKind::Fsync => self.fsync(&op.path),
+            OpKind::Resync => self.copy_tree(&op.path),
         }
     }
 
@@ -231,6 +232,16 @@ impl Applier<'_> {
     fn open_remote_file(&self, path: &Path, st: &Stat) -> Result<(File, bool)> {
         let mode = st.st_mode & 0o7777 | 0o200;
         match self.remote.lstat(path) {
+            // A remote hard link that the local file no longer shares must not be written
+            // through, or the other names would change too.
+            Ok(remote_st)
+                if file_type(&remote_st) == libc::S_IFREG
+                    && remote_st.st_nlink > 1
+                    && st.st_nlink == 1 =>
+            {
+                self.remove_any(path)?;
+                self.create_remote_file(path, mode)
+            }
             Ok(remote_st) if file_type(&remote_st) == libc::S_IFREG => {
                 let file = self
                     .remote
@@ -330,6 +341,7 @@ impl Applier<'_> {
             Err(Errno::EISDIR) => self.remove_any(path)?,
             Err(errno) => return Err(errno).at("remote unlink", path),
         }
+        self.restore_if_local(path)?;
         self.copy_parent_times(path)
     }
 
@@ -340,12 +352,38 @@ impl Applier<'_> {
             Err(Errno::ENOTEMPTY | Errno::EEXIST | Errno::ENOTDIR) => self.remove_any(path)?,
             Err(errno) => return Err(errno).at("remote rmdir", path),
         }
+        self.restore_if_local(path)?;
         self.copy_parent_times(path)
+    }
+
+    /// Copies `path` back after a removal when the local tree holds it again: it was
+    /// recreated since, or the removal is replayed from the journal although the local one
+    /// failed. Either way the remote ends equal to the local tree.
+    fn restore_if_local(&self, path: &Path) -> Result<()> {
+        if self.local_stat(path)?.is_some() {
+            self.copy_tree(path)?;
+        }
+        Ok(())
     }
 
     fn rename(&self, from: &Path, to: &Path, flags: u32) -> Result<()> {
         let exchange = flags & libc::RENAME_EXCHANGE != 0;
         let remote_flags = if exchange { flags } else { 0 };
+
+        // The local tree holds the source again: it was recreated since, or this rename is
+        // replayed from the journal although the local one failed. The remote rename still
+        // runs, then both names are copied from the local tree, so either case converges.
+        if !exchange && self.local_stat(from)?.is_some() {
+            match self.remote.rename(from, to, 0) {
+                Ok(()) | Err(Errno::ENOENT) => {}
+                Err(Errno::ENOTEMPTY | Errno::EEXIST | Errno::EISDIR | Errno::ENOTDIR) => {
+                    self.remove_any(to)?;
+                }
+                Err(errno) => return Err(errno).at("remote rename", from),
+            }
+            self.copy_tree(to)?;
+            return self.copy_tree(from);
+        }
 
         match self.remote.rename(from, to, remote_flags) {
             Ok(()) => {}
@@ -372,6 +410,16 @@ impl Applier<'_> {
     }
 
     fn link(&self, existing: &Path, new: &Path) -> Result<()> {
+        // Link on the remote only while both local names are one file; otherwise (a later
+        // change, or a replayed link whose local call failed) copy what the new name holds.
+        let same_local = match (self.local_stat(existing)?, self.local_stat(new)?) {
+            (Some(a), Some(b)) => a.st_ino == b.st_ino && a.st_dev == b.st_dev,
+            _ => false,
+        };
+        if !same_local {
+            return self.copy_tree(new);
+        }
+
         match self.remote.link(existing, new) {
             Ok(()) => {}
             Err(Errno::EEXIST) => {
@@ -428,7 +476,8 @@ impl Applier<'_> {
         }
     }
 
-    /// Makes the remote subtree at `path` equal to the local one, by copying everything.
+    /// Makes the remote subtree at `path` equal to the local one: copies every local entry
+    /// and removes remote entries the local tree does not have.
     pub fn copy_tree(&self, path: &Path) -> Result<()> {
         let Some(st) = self.local_stat(path)? else {
             return self.remove_any(path);
@@ -438,13 +487,21 @@ impl Applier<'_> {
                 self.ensure_dir(path, &st)?;
                 let fd = self.local.open_dir(path).at("local opendir", path)?;
                 let entries = read_dir(fd).at("local readdir", path)?;
+                let is_root = path.as_os_str().is_empty();
+                let mut names = std::collections::HashSet::with_capacity(entries.len());
                 for entry in entries {
-                    if path.as_os_str().is_empty()
-                        && entry.name.as_bytes() == crate::STATE_DIR.as_bytes()
-                    {
+                    if is_root && entry.name.as_bytes() == crate::STATE_DIR.as_bytes() {
                         continue;
                     }
                     self.copy_tree(&path.join(&entry.name))?;
+                    names.insert(entry.name);
+                }
+
+                let fd = self.remote.open_dir(path).at("remote opendir", path)?;
+                for entry in read_dir(fd).at("remote readdir", path)? {
+                    if !names.contains(&entry.name) {
+                        self.remove_any(&path.join(&entry.name))?;
+                    }
                 }
                 self.copy_attrs(path, &st)?;
                 self.copy_parent_times(path)

@@ -2,6 +2,7 @@
 //! the per-path sync records behind the `user.dualfs.*` attributes.
 
 pub mod apply;
+pub mod journal;
 pub mod op;
 pub mod queue;
 
@@ -14,8 +15,11 @@ use std::time::{Duration, Instant, SystemTime};
 use lru::LruCache;
 use parking_lot::Mutex;
 
+use nix::errno::Errno;
+
 use crate::backend::Backend;
 use apply::Applier;
+use journal::{Journal, JournalError};
 pub use op::{Op, OpKind, RangeSet};
 use queue::Queue;
 pub use queue::{PathSummary, QueueSummary};
@@ -50,19 +54,48 @@ pub struct SyncRecord {
 
 pub struct Replicator {
     queue: Arc<Queue>,
+    journal: Option<Arc<Journal>>,
     config: ReplicationConfig,
     records: Arc<Mutex<LruCache<PathBuf, SyncRecord>>>,
     workers: Mutex<Vec<JoinHandle<()>>>,
 }
 
 impl Replicator {
-    /// Starts the worker threads that apply queued changes to the remote tree.
+    /// Opens the journal in `journal_dir`, queues again what it still holds, and starts the
+    /// worker threads that apply queued changes to the remote tree.
     pub fn start(
         local: Arc<Backend>,
         remote: Arc<Backend>,
         config: ReplicationConfig,
+        journal_dir: &Path,
+    ) -> Result<Replicator, JournalError> {
+        let (journal, replay) = Journal::open(journal_dir)?;
+        let queue = Arc::new(Queue::with_journal(journal.clone(), replay.next_seq));
+        let replayed = replay.pending.len();
+        for (seq, op) in replay.pending {
+            queue.restore(seq, op);
+        }
+        tracing::info!(
+            replayed,
+            truncated_bytes = replay.truncated_bytes,
+            journal = %journal_dir.display(),
+            "journal replayed"
+        );
+        Self::start_with_queue(local, remote, config, queue, Some(journal)).map_err(|source| {
+            JournalError::Io {
+                path: journal_dir.to_path_buf(),
+                source,
+            }
+        })
+    }
+
+    fn start_with_queue(
+        local: Arc<Backend>,
+        remote: Arc<Backend>,
+        config: ReplicationConfig,
+        queue: Arc<Queue>,
+        journal: Option<Arc<Journal>>,
     ) -> std::io::Result<Replicator> {
-        let queue = Arc::new(Queue::new());
         let records = Arc::new(Mutex::new(LruCache::new(
             NonZeroUsize::new(SYNC_RECORDS).expect("non-zero"),
         )));
@@ -85,6 +118,7 @@ impl Replicator {
 
         Ok(Replicator {
             queue,
+            journal,
             config,
             records,
             workers: Mutex::new(workers),
@@ -95,18 +129,54 @@ impl Replicator {
         self.config.mode
     }
 
-    /// Queues a change; in sync mode waits for the remote up to the remote timeout.
-    pub fn submit(&self, op: Op) {
-        let ticket = self.queue.push(op);
-        if self.config.mode == Mode::Sync {
-            ticket.wait(self.config.remote_timeout);
+    /// Records `op` durably, makes the local change with `local`, and queues `op` for the
+    /// remote if the local change succeeded; in sync mode then waits for the remote up to the
+    /// remote timeout. The local result is the caller's result. A journal that cannot record
+    /// the change fails the call with its errno (ENOSPC when the local tree is full) before
+    /// anything local is changed.
+    pub fn record<T>(&self, op: Op, local: impl FnOnce() -> Result<T, Errno>) -> Result<T, Errno> {
+        self.record_and_wait(op, local, self.config.mode == Mode::Sync)
+    }
+
+    fn record_and_wait<T>(
+        &self,
+        op: Op,
+        local: impl FnOnce() -> Result<T, Errno>,
+        wait: bool,
+    ) -> Result<T, Errno> {
+        let begun = self.queue.begin(op);
+        if let (Some(journal), Some(batch)) = (&self.journal, begun.batch) {
+            if let Err(errno) = journal.wait(batch) {
+                self.queue.abort(begun);
+                return Err(Errno::from_raw(errno));
+            }
+        }
+
+        match local() {
+            Ok(value) => {
+                let ticket = self.queue.commit(begun);
+                if wait {
+                    ticket.wait(self.config.remote_timeout);
+                }
+                Ok(value)
+            }
+            Err(errno) => {
+                self.queue.abort(begun);
+                Err(errno)
+            }
         }
     }
 
+    /// Queues a change that has no local part (the local tree already holds it); in sync
+    /// mode waits for the remote up to the remote timeout.
+    pub fn submit(&self, op: Op) -> Result<(), Errno> {
+        self.record(op, || Ok(()))
+    }
+
     /// Queues a change and waits for it up to the remote timeout whatever the mode; used
-    /// by fsync in sync mode and by tests.
-    pub fn submit_and_wait(&self, op: Op) -> bool {
-        self.queue.push(op).wait(self.config.remote_timeout)
+    /// by fsync in sync mode.
+    pub fn submit_and_wait(&self, op: Op) -> Result<(), Errno> {
+        self.record_and_wait(op, || Ok(()), true)
     }
 
     pub fn hides_remote(&self, path: &Path) -> bool {
@@ -121,18 +191,22 @@ impl Replicator {
         self.queue.path_summary(path)
     }
 
-    pub fn record(&self, path: &Path) -> SyncRecord {
+    pub fn sync_record(&self, path: &Path) -> SyncRecord {
         self.records.lock().get(path).cloned().unwrap_or_default()
     }
 
     /// Waits until everything queued has reached the remote, up to `timeout`, then stops the
-    /// workers. Returns how many operations were left behind.
+    /// workers and closes the journal. Returns how many operations were left behind; the
+    /// journal keeps them for the next start.
     pub fn shutdown(&self, timeout: Duration) -> usize {
         self.queue.wait_idle(timeout);
         let left = self.queue.summary().ops;
         self.queue.shutdown();
         for worker in self.workers.lock().drain(..) {
             let _ = worker.join();
+        }
+        if let Some(journal) = &self.journal {
+            journal.close();
         }
         left
     }

@@ -107,6 +107,8 @@ pub enum OpKind {
     },
     /// Flush the remote copy of the file to stable storage.
     Fsync,
+    /// Copy the whole local subtree, as an operator's repair request.
+    Resync,
 }
 
 /// One queued change: a relative path in both trees and what to do to it.
@@ -155,6 +157,7 @@ impl Op {
             OpKind::Rename { .. } => "rename",
             OpKind::Link { .. } => "link",
             OpKind::Fsync => "fsync",
+            OpKind::Resync => "resync",
         }
     }
 }

@@ -1,7 +1,9 @@
 //! The ordered queue of changes for the remote tree, with per-path ordering.
 //!
-//! NOTE: this queue lives in memory only. A crash of the daemon loses what it holds; a clean
-//! stop drains it first. The durable journal that survives kill -9 replaces this store.
+//! A change enters the queue in two steps. `begin` records it (in the durable journal, when
+//! one is attached) before the local change is made, and holds it so no worker applies it yet;
+//! `commit` releases it once the local change succeeded, `abort` drops it when it failed.
+//! Writes to a file that already has a queued, not yet started copy join that entry instead.
 //!
 //! Operations on unrelated paths run concurrently. An operation waits while any earlier
 //! operation, queued or running, touches the same path, one of its ancestors or one of its
@@ -15,6 +17,9 @@ use std::time::{Duration, Instant, SystemTime};
 use crossbeam_channel::{Receiver, Sender};
 use parking_lot::{Condvar, Mutex};
 
+use std::sync::Arc;
+
+use super::journal::{Batch, Journal};
 use super::op::{is_within, paths_overlap, rebase, Op, OpKind, RangeSet};
 
 /// How many queued operations a worker examines when looking for one it may run. Bounds the
@@ -34,6 +39,10 @@ pub struct FailedAttempt {
 #[derive(Debug)]
 struct Entry {
     op: Op,
+    /// Begun but not committed: the local change is still being made.
+    held: bool,
+    /// Callers that joined this entry and are still making their local change.
+    pins: u32,
     in_flight: bool,
     /// Set after a failed attempt: the entry is not run again before this instant.
     retry_at: Option<Instant>,
@@ -44,9 +53,10 @@ struct Entry {
     enqueued_at: Instant,
 }
 
-#[derive(Debug, Default)]
+#[derive(Default)]
 struct Inner {
     entries: BTreeMap<u64, Entry>,
+    journal: Option<Arc<Journal>>,
     /// Sequence numbers of the queued operations that touch each exact path, oldest first.
     by_path: HashMap<PathBuf, Vec<u64>>,
     next_seq: u64,
@@ -81,7 +91,17 @@ impl Ticket {
     }
 }
 
-#[derive(Debug, Default)]
+/// A change recorded by `begin`, to be committed or aborted.
+#[derive(Debug)]
+pub struct Begun {
+    seq: u64,
+    /// Whether the change joined an entry that was queued before.
+    joined: bool,
+    /// The journal batch to wait on before making the local change.
+    pub batch: Option<Batch>,
+}
+
+#[derive(Default)]
 pub struct Queue {
     inner: Mutex<Inner>,
     /// Signalled when an operation may have become runnable.
@@ -116,14 +136,34 @@ impl Inner {
         }
     }
 
-    fn insert(&mut self, op: Op) -> u64 {
+    fn insert(&mut self, op: Op, held: bool) -> (u64, Option<Batch>) {
         let seq = self.next_seq;
         self.next_seq += 1;
+        let batch = self.journal_append(seq, &op);
+        self.insert_at(seq, op, held);
+        (seq, batch)
+    }
+
+    /// Appends to the journal; a failed append surfaces when the caller waits on the batch.
+    fn journal_append(&self, seq: u64, op: &Op) -> Option<Batch> {
+        let journal = self.journal.as_ref()?;
+        match journal.append(seq, op) {
+            Ok(batch) => Some(batch),
+            Err(err) => {
+                tracing::error!(seq, path = %op.path.display(), error = %err, "journal append failed");
+                Some(Batch::FAILED)
+            }
+        }
+    }
+
+    fn insert_at(&mut self, seq: u64, op: Op, held: bool) {
         self.index(seq, &op);
         self.entries.insert(
             seq,
             Entry {
                 op,
+                held,
+                pins: 0,
                 in_flight: false,
                 retry_at: None,
                 attempts: 0,
@@ -132,17 +172,21 @@ impl Inner {
                 enqueued_at: Instant::now(),
             },
         );
-        seq
     }
 
+    /// Removes an entry and marks it done in the journal.
     fn remove(&mut self, seq: u64) -> Option<Entry> {
         let entry = self.entries.remove(&seq)?;
         self.unindex(seq, &entry.op);
+        if let Some(journal) = &self.journal {
+            journal.done(seq);
+        }
         Some(entry)
     }
 
     /// Folds a state-transfer operation into the last queued one for the same path, when
-    /// that one has not started and would transfer at least as much.
+    /// that one has not started and its journal record already covers the new change (a
+    /// replayed data record copies the whole file), and pins it until the caller commits.
     fn coalesce(&mut self, op: &Op) -> Option<u64> {
         let seq = *self.by_path.get(&op.path)?.last()?;
         let entry = self.entries.get_mut(&seq)?;
@@ -154,22 +198,22 @@ impl Inner {
             (OpKind::Data(existing), OpKind::Data(added)) => existing.merge(added),
             (OpKind::Data(_), OpKind::Attr) => {}
             (OpKind::Attr, OpKind::Attr) => {}
-            (OpKind::Attr, OpKind::Data(_)) => entry.op.kind = op.kind.clone(),
             (OpKind::Mkdir | OpKind::Mknod | OpKind::Symlink, OpKind::Attr) => {}
             (OpKind::Xattr(existing), OpKind::Xattr(added)) if existing == added => {}
             _ => return None,
         }
+        entry.pins += 1;
         Some(seq)
     }
 
     /// Takes the queued state transfers below a path that is being renamed away and returns
     /// them rebased onto the new name, so they are applied after the rename. Data of a moved
     /// file is copied whole, because the old name may be reused before the rename applies.
-    fn take_moved(&mut self, from: &Path, to: &Path) -> Vec<Op> {
+    fn take_moved(&mut self, from: &Path, to: &Path, rename_seq: u64) -> Vec<Op> {
         let mut moved = Vec::new();
         let candidates: Vec<u64> = self
             .entries
-            .iter()
+            .range(..rename_seq)
             .filter(|(_, e)| is_within(&e.op.path, from) && e.op.second_path().is_none())
             .map(|(&seq, _)| seq)
             .collect();
@@ -185,7 +229,7 @@ impl Inner {
                 OpKind::Xattr(name) => OpKind::Xattr(name.clone()),
                 _ => continue,
             };
-            if !entry.in_flight {
+            if !entry.in_flight && !entry.held && entry.pins == 0 {
                 self.remove(seq);
             }
             moved.push(Op::new(path, kind));
@@ -199,43 +243,105 @@ impl Queue {
         Queue::default()
     }
 
-    /// Queues an operation and returns a ticket to wait for it.
-    pub fn push(&self, op: Op) -> Ticket {
-        let (tx, rx) = crossbeam_channel::bounded(1);
-        let mut inner = self.inner.lock();
+    /// Creates a queue that records every change in `journal`, continuing its sequence
+    /// numbers after `next_seq`.
+    pub fn with_journal(journal: Arc<Journal>, next_seq: u64) -> Queue {
+        let queue = Queue::default();
+        {
+            let mut inner = queue.inner.lock();
+            inner.journal = Some(journal);
+            inner.next_seq = next_seq;
+        }
+        queue
+    }
 
-        let seq = match &op.kind {
+    /// Queues again an operation replayed from the journal, under its original number.
+    pub fn restore(&self, seq: u64, op: Op) {
+        let mut inner = self.inner.lock();
+        inner.next_seq = inner.next_seq.max(seq + 1);
+        inner.insert_at(seq, op, false);
+        drop(inner);
+        self.work.notify_all();
+    }
+
+    /// Records a change before its local part is made; no worker applies it before `commit`.
+    pub fn begin(&self, op: Op) -> Begun {
+        let mut inner = self.inner.lock();
+        let joined = match &op.kind {
             OpKind::Data(_) | OpKind::Attr | OpKind::Xattr(_) => inner.coalesce(&op),
             _ => None,
         };
-        let seq = match seq {
-            Some(seq) => seq,
-            None => self.insert_with_moves(&mut inner, op),
-        };
+        if let Some(seq) = joined {
+            return Begun {
+                seq,
+                joined: true,
+                batch: None,
+            };
+        }
 
-        if let Some(entry) = inner.entries.get_mut(&seq) {
+        let (seq, batch) = inner.insert(op, true);
+        Begun {
+            seq,
+            joined: false,
+            batch,
+        }
+    }
+
+    /// Releases a change whose local part succeeded and returns a ticket to wait for it.
+    pub fn commit(&self, begun: Begun) -> Ticket {
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        let mut inner = self.inner.lock();
+        let rename = inner.entries.get_mut(&begun.seq).and_then(|entry| {
+            if begun.joined {
+                entry.pins = entry.pins.saturating_sub(1);
+            } else {
+                entry.held = false;
+            }
             entry.waiters.push(tx);
+            match &entry.op.kind {
+                OpKind::Rename { to, flags } if !begun.joined => {
+                    Some((entry.op.path.clone(), to.clone(), *flags))
+                }
+                _ => None,
+            }
+        });
+
+        if let Some((from, to, flags)) = rename {
+            let mut follow_ups = inner.take_moved(&from, &to, begun.seq);
+            if flags & libc::RENAME_EXCHANGE != 0 {
+                follow_ups.extend(inner.take_moved(&to, &from, begun.seq));
+            }
+            for follow_up in follow_ups {
+                inner.insert(follow_up, false);
+            }
         }
         drop(inner);
         self.work.notify_all();
         Ticket(rx)
     }
 
-    fn insert_with_moves(&self, inner: &mut Inner, op: Op) -> u64 {
-        let OpKind::Rename { to, flags } = &op.kind else {
-            return inner.insert(op);
+    /// Drops a change whose local part failed. An entry that others joined stays queued,
+    /// because their local changes did happen.
+    pub fn abort(&self, begun: Begun) {
+        let mut inner = self.inner.lock();
+        let Some(entry) = inner.entries.get_mut(&begun.seq) else {
+            return;
         };
-
-        let mut follow_ups = inner.take_moved(&op.path, to);
-        if flags & libc::RENAME_EXCHANGE != 0 {
-            follow_ups.extend(inner.take_moved(to, &op.path));
+        if begun.joined {
+            entry.pins = entry.pins.saturating_sub(1);
+        } else if entry.pins > 0 {
+            entry.held = false;
+        } else {
+            inner.remove(begun.seq);
         }
+        drop(inner);
+        self.work.notify_all();
+    }
 
-        let seq = inner.insert(op);
-        for follow_up in follow_ups {
-            inner.insert(follow_up);
-        }
-        seq
+    /// Queues a change that has no local part left to make and returns a ticket for it.
+    pub fn push(&self, op: Op) -> Ticket {
+        let begun = self.begin(op);
+        self.commit(begun)
     }
 
     /// Blocks until an operation may run and marks it running; `None` after shutdown.
@@ -257,7 +363,7 @@ impl Queue {
                 .collect();
 
             for (i, (seq, entry)) in window.iter().enumerate() {
-                if entry.in_flight {
+                if entry.in_flight || entry.held || entry.pins > 0 {
                     continue;
                 }
                 if let Some(at) = entry.retry_at {
@@ -352,11 +458,13 @@ impl Queue {
             if p.as_os_str().is_empty() {
                 break;
             }
-            let last = inner
-                .by_path
-                .get(p)
-                .and_then(|list| list.last())
-                .and_then(|seq| inner.entries.get(seq));
+            // A held entry's local change is still being made, so it does not count yet.
+            let last = inner.by_path.get(p).and_then(|list| {
+                list.iter()
+                    .rev()
+                    .filter_map(|seq| inner.entries.get(seq))
+                    .find(|entry| !entry.held)
+            });
             if let Some(entry) = last {
                 if entry.op.removes(p) {
                     return true;

@@ -1,0 +1,749 @@
+//! The durable journal of changes the remote tree still lacks.
+//!
+//! Every queued operation is appended before the local change it describes is made, and is
+//! marked done once the remote has it; on start, the operations without a done mark are queued
+//! again. Appends from many threads share one write and one `fdatasync` (group commit).
+//!
+//! On disk the journal is a series of segment files `journal-<id>` in the state folder. Each
+//! starts with a header (magic, format version, kind) followed by records:
+//! `length u32 | crc32 u32 | payload`. A crash mid-append leaves a torn record at the end of the
+//! last segment, which replay detects by its length or checksum and cuts off; records before it
+//! are kept. Compaction writes the operations still pending into a new snapshot segment
+//! (written to a temporary file and renamed into place, so it is complete or absent), after
+//! which older segments are deleted; replay starts from the newest snapshot.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::ffi::OsString;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use parking_lot::{Condvar, Mutex};
+
+use super::op::{Op, OpKind, RangeSet};
+
+const MAGIC: &[u8; 8] = b"DUALFSJR";
+/// The on-disk format this build reads and writes.
+pub const FORMAT_VERSION: u32 = 1;
+const HEADER_LEN: usize = 13;
+const KIND_LOG: u8 = 0;
+const KIND_SNAPSHOT: u8 = 1;
+
+const RECORD_APPEND: u8 = 1;
+const RECORD_DONE: u8 = 2;
+
+/// Records larger than this are treated as corruption (a path is at most 4 KiB, an xattr
+/// name 255 bytes, a range list 64 entries).
+const MAX_RECORD: usize = 64 * 1024;
+
+/// The log is compacted once it grows beyond this many bytes and beyond four times the size of
+/// the last snapshot, which bounds its size by the pending operations, not by history.
+const COMPACT_MIN_BYTES: u64 = 16 << 20;
+
+#[derive(Debug, thiserror::Error)]
+pub enum JournalError {
+    #[error("journal I/O on {path} failed: {source}")]
+    Io { path: PathBuf, source: io::Error },
+    #[error(
+        "journal segment {path} was written by an incompatible dualfs (format {found}, this build reads format {FORMAT_VERSION}); \
+         finish replication with the dualfs version that wrote it, or move the folder away to start without it"
+    )]
+    Incompatible { path: PathBuf, found: u32 },
+    #[error("{path} is not a dualfs journal segment (bad magic); move it out of the state folder")]
+    NotJournal { path: PathBuf },
+}
+
+fn io_error(path: &Path) -> impl FnOnce(io::Error) -> JournalError + '_ {
+    move |source| JournalError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// What replay found in the journal.
+#[derive(Debug, Default)]
+pub struct Replay {
+    /// Operations still pending, oldest first, with their sequence numbers.
+    pub pending: Vec<(u64, Op)>,
+    /// The next free sequence number.
+    pub next_seq: u64,
+    /// Bytes cut off the end of the last segment because a record there was torn.
+    pub truncated_bytes: u64,
+}
+
+struct Inner {
+    /// Encoded records waiting for the next group commit.
+    buffer: Vec<u8>,
+    /// Number of the group commit that will write `buffer`.
+    open_batch: u64,
+    /// Number of the last group commit that reached stable storage.
+    durable_batch: u64,
+    /// Operations appended and not yet done, by sequence number.
+    live: BTreeMap<u64, Op>,
+    active: File,
+    active_path: PathBuf,
+    active_id: u64,
+    active_bytes: u64,
+    last_snapshot_bytes: u64,
+    /// Recent group commits that failed, with the errno; their callers abort their changes.
+    failed_batches: VecDeque<(u64, i32)>,
+    shutdown: bool,
+}
+
+/// How many failed group commits are remembered for their waiters.
+const FAILED_BATCHES_KEPT: usize = 64;
+
+pub struct Journal {
+    dir: PathBuf,
+    inner: Mutex<Inner>,
+    /// Signalled when records are buffered or at shutdown.
+    pending: Condvar,
+    /// Signalled after each group commit.
+    durable: Condvar,
+    flusher: Mutex<Option<JoinHandle<()>>>,
+}
+
+/// A position in the journal that a caller can wait on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Batch(u64);
+
+impl Batch {
+    /// The batch of an append that could not even be buffered.
+    pub const FAILED: Batch = Batch(u64::MAX);
+}
+
+fn segment_name(id: u64) -> String {
+    format!("journal-{id:016}")
+}
+
+fn segment_id(name: &str) -> Option<u64> {
+    name.strip_prefix("journal-")?.parse().ok()
+}
+
+fn header(kind: u8) -> Vec<u8> {
+    let mut bytes = Vec::with_capacity(HEADER_LEN);
+    bytes.extend_from_slice(MAGIC);
+    bytes.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+    bytes.push(kind);
+    bytes
+}
+
+fn sync_dir(dir: &Path) -> Result<(), JournalError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io_error(dir))
+}
+
+impl Journal {
+    /// Opens the journal in `dir` (creating it), replays it and starts the group-commit thread.
+    pub fn open(dir: &Path) -> Result<(Arc<Journal>, Replay), JournalError> {
+        fs::create_dir_all(dir).map_err(io_error(dir))?;
+        let (segments, mut replay, last_snapshot_bytes) = read_segments(dir)?;
+
+        let active_id = segments.last().map_or(1, |(id, _)| id + 1);
+        let active_path = dir.join(segment_name(active_id));
+        let mut active = OpenOptions::new()
+            .create_new(true)
+            .append(true)
+            .open(&active_path)
+            .map_err(io_error(&active_path))?;
+        active
+            .write_all(&header(KIND_LOG))
+            .and_then(|()| active.sync_all())
+            .map_err(io_error(&active_path))?;
+        sync_dir(dir)?;
+
+        let live: BTreeMap<u64, Op> = replay.pending.iter().cloned().collect();
+        replay.pending = live.iter().map(|(s, o)| (*s, o.clone())).collect();
+        let journal = Arc::new(Journal {
+            dir: dir.to_path_buf(),
+            inner: Mutex::new(Inner {
+                buffer: Vec::new(),
+                open_batch: 1,
+                durable_batch: 0,
+                live,
+                active,
+                active_path,
+                active_id,
+                active_bytes: HEADER_LEN as u64,
+                last_snapshot_bytes,
+                failed_batches: VecDeque::new(),
+                shutdown: false,
+            }),
+            pending: Condvar::new(),
+            durable: Condvar::new(),
+            flusher: Mutex::new(None),
+        });
+
+        let flusher = journal.clone();
+        let handle = std::thread::Builder::new()
+            .name("journal".into())
+            .spawn(move || flusher.run_flusher())
+            .map_err(io_error(dir))?;
+        *journal.flusher.lock() = Some(handle);
+        Ok((journal, replay))
+    }
+
+    /// Buffers an operation for the next group commit; wait on the batch for durability.
+    pub fn append(&self, seq: u64, op: &Op) -> Result<Batch, String> {
+        let mut inner = self.inner.lock();
+        if inner.shutdown {
+            return Err("the journal is closed".to_string());
+        }
+        encode_record(&mut inner.buffer, RECORD_APPEND, seq, Some(op));
+        inner.live.insert(seq, op.clone());
+        let batch = Batch(inner.open_batch);
+        drop(inner);
+        self.pending.notify_one();
+        Ok(batch)
+    }
+
+    /// Marks an operation done. Not waited on: losing the mark in a crash only replays an
+    /// operation that is safe to apply again.
+    pub fn done(&self, seq: u64) {
+        let mut inner = self.inner.lock();
+        if inner.live.remove(&seq).is_some() {
+            encode_record(&mut inner.buffer, RECORD_DONE, seq, None);
+            drop(inner);
+            self.pending.notify_one();
+        }
+    }
+
+    /// Waits until the batch is on stable storage; returns the errno of a failed write.
+    pub fn wait(&self, batch: Batch) -> Result<(), i32> {
+        if batch == Batch::FAILED {
+            return Err(libc::EIO);
+        }
+        let mut inner = self.inner.lock();
+        while inner.durable_batch < batch.0 {
+            self.durable.wait(&mut inner);
+        }
+        match inner.failed_batches.iter().find(|(b, _)| *b == batch.0) {
+            Some((_, errno)) => Err(*errno),
+            None => Ok(()),
+        }
+    }
+
+    pub fn live_count(&self) -> usize {
+        self.inner.lock().live.len()
+    }
+
+    /// Writes what is buffered and stops the group-commit thread.
+    pub fn close(&self) {
+        self.inner.lock().shutdown = true;
+        self.pending.notify_all();
+        if let Some(handle) = self.flusher.lock().take() {
+            let _ = handle.join();
+        }
+    }
+
+    fn run_flusher(&self) {
+        loop {
+            let mut inner = self.inner.lock();
+            while inner.buffer.is_empty() && !inner.shutdown {
+                self.pending.wait(&mut inner);
+            }
+            if inner.buffer.is_empty() && inner.shutdown {
+                return;
+            }
+
+            let batch = inner.open_batch;
+            inner.open_batch += 1;
+            let buffer = std::mem::take(&mut inner.buffer);
+            let compact = inner.active_bytes > COMPACT_MIN_BYTES.max(4 * inner.last_snapshot_bytes);
+            let snapshot = compact.then(|| {
+                let mut bytes = Vec::new();
+                for (seq, op) in &inner.live {
+                    encode_record(&mut bytes, RECORD_APPEND, *seq, Some(op));
+                }
+                bytes
+            });
+            let file = inner.active.try_clone();
+            let written_before = inner.active_bytes;
+            drop(inner);
+
+            let result = match (snapshot, file) {
+                (Some(snapshot), _) => self.write_snapshot(&snapshot),
+                (None, Ok(mut file)) => file
+                    .write_all(&buffer)
+                    .and_then(|()| file.sync_data())
+                    .map(|()| None)
+                    .inspect_err(|_| {
+                        // Cut a partial write off so later records are not stranded behind a
+                        // torn one.
+                        let _ = file.set_len(written_before);
+                    }),
+                (None, Err(err)) => Err(err),
+            };
+
+            let mut inner = self.inner.lock();
+            match result {
+                Ok(Some((file, path, id, bytes))) => {
+                    inner.active = file;
+                    inner.active_path = path;
+                    inner.active_id = id;
+                    inner.active_bytes = bytes;
+                    inner.last_snapshot_bytes = bytes;
+                    drop(inner);
+                    self.remove_segments_before(id);
+                    inner = self.inner.lock();
+                }
+                Ok(None) => inner.active_bytes += buffer.len() as u64,
+                Err(err) => {
+                    tracing::error!(path = %inner.active_path.display(), error = %err, batch, "journal write failed; the changes of this batch are refused");
+                    if inner.failed_batches.len() == FAILED_BATCHES_KEPT {
+                        inner.failed_batches.pop_front();
+                    }
+                    let errno = err.raw_os_error().unwrap_or(libc::EIO);
+                    inner.failed_batches.push_back((batch, errno));
+                }
+            }
+            inner.durable_batch = batch;
+            drop(inner);
+            self.durable.notify_all();
+        }
+    }
+
+    /// Writes the pending operations into a new snapshot segment and returns it opened for
+    /// appending, with its path, id and size.
+    fn write_snapshot(&self, records: &[u8]) -> io::Result<Option<(File, PathBuf, u64, u64)>> {
+        let id = self.inner.lock().active_id + 1;
+        let path = self.dir.join(segment_name(id));
+        let temporary = self.dir.join(format!("{}.tmp", segment_name(id)));
+
+        let write = || -> io::Result<File> {
+            let mut file = File::create(&temporary)?;
+            file.write_all(&header(KIND_SNAPSHOT))?;
+            file.write_all(records)?;
+            file.sync_all()?;
+            fs::rename(&temporary, &path)?;
+            File::open(&self.dir)?.sync_all()?;
+            OpenOptions::new().append(true).open(&path)
+        };
+        let file = write()?;
+        let bytes = (HEADER_LEN + records.len()) as u64;
+        tracing::info!(segment = %path.display(), bytes, "journal compacted");
+        Ok(Some((file, path, id, bytes)))
+    }
+
+    fn remove_segments_before(&self, id: u64) {
+        let Ok(entries) = fs::read_dir(&self.dir) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let Some(old) = name.to_str().and_then(segment_id) else {
+                continue;
+            };
+            if old < id {
+                if let Err(err) = fs::remove_file(entry.path()) {
+                    tracing::warn!(path = %entry.path().display(), %err, "cannot remove an old journal segment");
+                }
+            }
+        }
+    }
+}
+
+type Segments = Vec<(u64, PathBuf)>;
+
+/// Reads every segment from the newest snapshot on and returns them with the replay result
+/// and the size of that snapshot.
+fn read_segments(dir: &Path) -> Result<(Segments, Replay, u64), JournalError> {
+    let mut segments: Segments = Vec::new();
+    for entry in fs::read_dir(dir).map_err(io_error(dir))? {
+        let entry = entry.map_err(io_error(dir))?;
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        if name.ends_with(".tmp") && name.starts_with("journal-") {
+            // A snapshot that was never renamed into place is incomplete.
+            let _ = fs::remove_file(entry.path());
+            continue;
+        }
+        if let Some(id) = segment_id(name) {
+            segments.push((id, entry.path()));
+        }
+    }
+    segments.sort();
+
+    let mut kinds = Vec::with_capacity(segments.len());
+    for (_, path) in &segments {
+        kinds.push(read_header(path)?);
+    }
+    let start = kinds.iter().rposition(|k| *k == KIND_SNAPSHOT).unwrap_or(0);
+
+    let mut live: BTreeMap<u64, Op> = BTreeMap::new();
+    let mut next_seq = 1;
+    let mut truncated_bytes = 0;
+    let mut snapshot_bytes = 0;
+    let last = segments.len().saturating_sub(1);
+    for (index, (_, path)) in segments.iter().enumerate().skip(start) {
+        let bytes = fs::read(path).map_err(io_error(path))?;
+        if index == start && kinds[index] == KIND_SNAPSHOT {
+            snapshot_bytes = bytes.len() as u64;
+        }
+        let valid = apply_records(&bytes[HEADER_LEN..], &mut live, &mut next_seq);
+        let valid_end = HEADER_LEN + valid;
+        if valid_end < bytes.len() {
+            let cut = (bytes.len() - valid_end) as u64;
+            if index == last {
+                tracing::warn!(segment = %path.display(), bytes = cut, "journal ends in a torn record (crash during an append); cutting it off");
+                let file = OpenOptions::new()
+                    .write(true)
+                    .open(path)
+                    .map_err(io_error(path))?;
+                file.set_len(valid_end as u64).map_err(io_error(path))?;
+                file.sync_all().map_err(io_error(path))?;
+            } else {
+                tracing::error!(segment = %path.display(), bytes = cut, "journal segment is corrupt in the middle; records after the damage are skipped");
+            }
+            truncated_bytes += cut;
+        }
+    }
+
+    let pending = live.into_iter().collect();
+    Ok((
+        segments,
+        Replay {
+            pending,
+            next_seq,
+            truncated_bytes,
+        },
+        snapshot_bytes,
+    ))
+}
+
+fn read_header(path: &Path) -> Result<u8, JournalError> {
+    let mut bytes = [0u8; HEADER_LEN];
+    let mut file = File::open(path).map_err(io_error(path))?;
+    let read = file.read(&mut bytes).map_err(io_error(path))?;
+    if read < HEADER_LEN || &bytes[..8] != MAGIC {
+        return Err(JournalError::NotJournal {
+            path: path.to_path_buf(),
+        });
+    }
+    let version = u32::from_le_bytes(bytes[8..12].try_into().expect("4 bytes"));
+    if version != FORMAT_VERSION {
+        return Err(JournalError::Incompatible {
+            path: path.to_path_buf(),
+            found: version,
+        });
+    }
+    Ok(bytes[12])
+}
+
+/// Applies the records in `bytes` and returns how many bytes held whole, valid records.
+fn apply_records(bytes: &[u8], live: &mut BTreeMap<u64, Op>, next_seq: &mut u64) -> usize {
+    let mut offset = 0;
+    while offset + 8 <= bytes.len() {
+        let len =
+            u32::from_le_bytes(bytes[offset..offset + 4].try_into().expect("4 bytes")) as usize;
+        let crc = u32::from_le_bytes(bytes[offset + 4..offset + 8].try_into().expect("4 bytes"));
+        let end = offset + 8 + len;
+        if len > MAX_RECORD || end > bytes.len() {
+            break;
+        }
+        let payload = &bytes[offset + 8..end];
+        if crc32fast::hash(payload) != crc {
+            break;
+        }
+        let Some((kind, seq, op)) = decode_record(payload) else {
+            break;
+        };
+        match (kind, op) {
+            (RECORD_APPEND, Some(op)) => {
+                live.insert(seq, op);
+            }
+            (RECORD_DONE, _) => {
+                live.remove(&seq);
+            }
+            _ => break,
+        }
+        *next_seq = (*next_seq).max(seq + 1);
+        offset = end;
+    }
+    offset
+}
+
+fn put_bytes(out: &mut Vec<u8>, bytes: &[u8]) {
+    out.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
+    out.extend_from_slice(bytes);
+}
+
+fn encode_record(out: &mut Vec<u8>, kind: u8, seq: u64, op: Option<&Op>) {
+    let mut payload = Vec::with_capacity(64);
+    payload.push(kind);
+    payload.extend_from_slice(&seq.to_le_bytes());
+    if let Some(op) = op {
+        encode_op(&mut payload, op);
+    }
+    out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+    out.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
+    out.extend_from_slice(&payload);
+}
+
+fn encode_op(out: &mut Vec<u8>, op: &Op) {
+    let tag = match op.kind {
+        OpKind::Mkdir => 1,
+        OpKind::Mknod => 2,
+        OpKind::Symlink => 3,
+        OpKind::Data(_) => 4,
+        OpKind::Attr => 5,
+        OpKind::Xattr(_) => 6,
+        OpKind::Unlink => 7,
+        OpKind::Rmdir => 8,
+        OpKind::Rename { .. } => 9,
+        OpKind::Link { .. } => 10,
+        OpKind::Fsync => 11,
+        OpKind::Resync => 12,
+    };
+    out.push(tag);
+    put_bytes(out, op.path.as_os_str().as_bytes());
+    match &op.kind {
+        OpKind::Xattr(name) => put_bytes(out, name.as_bytes()),
+        OpKind::Rename { to, flags } => {
+            put_bytes(out, to.as_os_str().as_bytes());
+            out.extend_from_slice(&flags.to_le_bytes());
+        }
+        OpKind::Link { to } => put_bytes(out, to.as_os_str().as_bytes()),
+        _ => {}
+    }
+}
+
+struct Reader<'a> {
+    bytes: &'a [u8],
+}
+
+impl Reader<'_> {
+    fn take(&mut self, n: usize) -> Option<&[u8]> {
+        if self.bytes.len() < n {
+            return None;
+        }
+        let (head, rest) = self.bytes.split_at(n);
+        self.bytes = rest;
+        Some(head)
+    }
+
+    fn u8(&mut self) -> Option<u8> {
+        self.take(1).map(|b| b[0])
+    }
+
+    fn u32(&mut self) -> Option<u32> {
+        Some(u32::from_le_bytes(self.take(4)?.try_into().ok()?))
+    }
+
+    fn u64(&mut self) -> Option<u64> {
+        Some(u64::from_le_bytes(self.take(8)?.try_into().ok()?))
+    }
+
+    fn bytes(&mut self) -> Option<Vec<u8>> {
+        let len = self.u32()? as usize;
+        self.take(len).map(<[u8]>::to_vec)
+    }
+
+    fn path(&mut self) -> Option<PathBuf> {
+        self.bytes().map(|b| PathBuf::from(OsString::from_vec(b)))
+    }
+}
+
+fn decode_record(payload: &[u8]) -> Option<(u8, u64, Option<Op>)> {
+    let mut reader = Reader { bytes: payload };
+    let kind = reader.u8()?;
+    let seq = reader.u64()?;
+    if kind == RECORD_DONE {
+        return Some((kind, seq, None));
+    }
+
+    let tag = reader.u8()?;
+    let path = reader.path()?;
+    let kind_of_op = match tag {
+        1 => OpKind::Mkdir,
+        2 => OpKind::Mknod,
+        3 => OpKind::Symlink,
+        // The ranges written since the append were merged without a journal record, so a
+        // replayed copy covers the whole file.
+        4 => OpKind::Data(RangeSet::everything()),
+        5 => OpKind::Attr,
+        6 => OpKind::Xattr(OsString::from_vec(reader.bytes()?)),
+        7 => OpKind::Unlink,
+        8 => OpKind::Rmdir,
+        9 => {
+            let to = reader.path()?;
+            let flags = reader.u32()?;
+            OpKind::Rename { to, flags }
+        }
+        10 => OpKind::Link { to: reader.path()? },
+        11 => OpKind::Fsync,
+        12 => OpKind::Resync,
+        _ => return None,
+    };
+    Some((kind, seq, Some(Op::new(path, kind_of_op))))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rename(from: &str, to: &str) -> Op {
+        Op::new(
+            from,
+            OpKind::Rename {
+                to: PathBuf::from(to),
+                flags: 0,
+            },
+        )
+    }
+
+    #[test]
+    fn pending_operations_survive_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let (journal, replay) = Journal::open(dir.path()).unwrap();
+        assert!(replay.pending.is_empty());
+
+        let batch = journal.append(1, &Op::new("a", OpKind::Mkdir)).unwrap();
+        journal.append(2, &rename("a", "b")).unwrap();
+        journal
+            .append(3, &Op::new("b/x", OpKind::Data(RangeSet::single(0, 5))))
+            .unwrap();
+        journal.done(1);
+        journal.wait(batch).unwrap();
+        journal.close();
+
+        let (journal, replay) = Journal::open(dir.path()).unwrap();
+        let seqs: Vec<u64> = replay.pending.iter().map(|(s, _)| *s).collect();
+        assert_eq!(seqs, vec![2, 3]);
+        assert_eq!(replay.pending[0].1, rename("a", "b"));
+        assert_eq!(
+            replay.pending[1].1.kind,
+            OpKind::Data(RangeSet::everything()),
+            "a replayed data operation copies the whole file"
+        );
+        assert_eq!(replay.next_seq, 4);
+        journal.close();
+    }
+
+    #[test]
+    fn torn_tail_is_cut_and_earlier_records_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let (journal, _) = Journal::open(dir.path()).unwrap();
+        let batch = journal.append(1, &Op::new("kept", OpKind::Attr)).unwrap();
+        journal.wait(batch).unwrap();
+        journal.close();
+
+        let segment = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .max()
+            .unwrap();
+        let mut file = OpenOptions::new().append(true).open(&segment).unwrap();
+        let mut torn = Vec::new();
+        encode_record(
+            &mut torn,
+            RECORD_APPEND,
+            2,
+            Some(&Op::new("torn", OpKind::Attr)),
+        );
+        file.write_all(&torn[..torn.len() - 3]).unwrap();
+        drop(file);
+
+        let (journal, replay) = Journal::open(dir.path()).unwrap();
+        assert_eq!(replay.pending.len(), 1);
+        assert_eq!(replay.pending[0].1.path, PathBuf::from("kept"));
+        assert_eq!(replay.truncated_bytes, (torn.len() - 3) as u64);
+        journal.close();
+    }
+
+    #[test]
+    fn corrupt_checksum_stops_replay_at_the_record() {
+        let mut bytes = Vec::new();
+        encode_record(
+            &mut bytes,
+            RECORD_APPEND,
+            1,
+            Some(&Op::new("a", OpKind::Attr)),
+        );
+        let first = bytes.len();
+        encode_record(
+            &mut bytes,
+            RECORD_APPEND,
+            2,
+            Some(&Op::new("b", OpKind::Attr)),
+        );
+        let last = bytes.len() - 1;
+        bytes[last] ^= 0xff;
+
+        let mut live = BTreeMap::new();
+        let mut next = 1;
+        assert_eq!(apply_records(&bytes, &mut live, &mut next), first);
+        assert_eq!(live.len(), 1);
+    }
+
+    #[test]
+    fn incompatible_version_is_rejected() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut bytes = MAGIC.to_vec();
+        bytes.extend_from_slice(&99u32.to_le_bytes());
+        bytes.push(KIND_LOG);
+        fs::write(dir.path().join(segment_name(1)), bytes).unwrap();
+
+        let err = Journal::open(dir.path()).err().expect("must be rejected");
+        let message = err.to_string();
+        assert!(message.contains("format 99"), "{message}");
+        assert!(message.contains("incompatible"), "{message}");
+    }
+
+    #[test]
+    fn compaction_keeps_only_pending_operations() {
+        let dir = tempfile::tempdir().unwrap();
+        let (journal, _) = Journal::open(dir.path()).unwrap();
+        let long_path = "d/".repeat(1000);
+        let mut seq = 1;
+        // Write well over the compaction threshold, leaving one operation pending.
+        let kept = journal
+            .append(seq, &Op::new("pending", OpKind::Attr))
+            .unwrap();
+        journal.wait(kept).unwrap();
+        for _ in 0..20 {
+            if journal.inner.lock().last_snapshot_bytes > 0 {
+                break;
+            }
+            for _ in 0..1000 {
+                seq += 1;
+                journal
+                    .append(seq, &Op::new(long_path.as_str(), OpKind::Attr))
+                    .unwrap();
+                journal.done(seq);
+            }
+            let batch = journal
+                .append(seq + 1, &Op::new("tick", OpKind::Attr))
+                .unwrap();
+            seq += 1;
+            journal.done(seq);
+            journal.wait(batch).unwrap();
+        }
+        assert!(
+            journal.inner.lock().last_snapshot_bytes > 0,
+            "writing 40 MB never compacted the journal"
+        );
+        let batch = journal
+            .append(seq + 1, &Op::new("last", OpKind::Attr))
+            .unwrap();
+        journal.wait(batch).unwrap();
+        journal.close();
+
+        let total: u64 = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().metadata().unwrap().len())
+            .sum();
+        assert!(
+            total < 4 << 20,
+            "journal still holds {total} bytes after compaction"
+        );
+        let (journal, replay) = Journal::open(dir.path()).unwrap();
+        let paths: Vec<PathBuf> = replay.pending.iter().map(|(_, o)| o.path.clone()).collect();
+        assert_eq!(paths, vec![PathBuf::from("pending"), PathBuf::from("last")]);
+        journal.close();
+    }
+}
