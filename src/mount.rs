@@ -213,6 +213,7 @@ pub fn run(args: MountArgs) -> Result<ExitCode> {
             remote_timeout: args.remote_timeout,
             workers: args.workers as usize,
             mirror_owner: !args.no_mirror_owner,
+            remote_call_threads: args.threads as usize * 2,
         },
         &paths.local.join(STATE_DIR).join("journal"),
     )?);

@@ -81,14 +81,15 @@ impl DualFs {
         Ok(entries)
     }
 
-    /// Lists the remote directory; remote errors read as an empty remote side.
-    ///
-    /// NOTE: a hung remote stalls this listing; the call is not yet bounded by a deadline.
-    fn remote_entries(&self, path: &Path) -> Vec<DirEntry> {
+    /// Lists the remote directory; remote errors, timeouts and a down remote read as an
+    /// empty remote side.
+    pub(super) fn remote_entries(&self, path: &Path) -> Vec<DirEntry> {
         if self.replicator.hides_remote(path) {
             return Vec::new();
         }
-        match self.remote.open_dir(path).and_then(read_dir) {
+        let owned = path.to_path_buf();
+        let listed = self.remote_call(move |remote| remote.open_dir(&owned).and_then(read_dir));
+        match listed.unwrap_or(Ok(Vec::new())) {
             Ok(entries) => entries,
             Err(Errno::ENOENT | Errno::ENOTDIR) => Vec::new(),
             Err(errno) => {
@@ -100,8 +101,8 @@ impl DualFs {
 
     fn listed(&self, dir: &Path, side: Side, entry: DirEntry) -> ListedEntry {
         let kind = file_type_of_dirent(entry.d_type).unwrap_or_else(|| {
-            self.backend(side)
-                .lstat(&dir.join(&entry.name))
+            let child = dir.join(&entry.name);
+            self.on_side(side, move |backend| backend.lstat(&child))
                 .map_or(FileType::RegularFile, |st| file_type_of_mode(st.st_mode))
         });
         ListedEntry {

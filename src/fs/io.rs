@@ -68,9 +68,10 @@ impl DualFs {
             side = Side::Local;
         }
 
+        let open_flags = flags & !STRIPPED_FLAGS;
         let open = || {
-            self.backend(side)
-                .open_file(&path, flags & !STRIPPED_FLAGS, 0)
+            let path = path.clone();
+            self.on_side(side, move |backend| backend.open_file(&path, open_flags, 0))
         };
         let file = if flags & libc::O_TRUNC != 0 {
             self.cache.invalidate(&path);
@@ -109,20 +110,12 @@ impl DualFs {
 
     pub fn read(&self, fh: u64, offset: u64, size: u32) -> FsResult<Vec<u8>> {
         let handle = self.handle(fh)?;
-        let mut buf = vec![0u8; size as usize];
-        let mut filled = 0;
-        while filled < buf.len() {
-            let n = handle
-                .file
-                .read_at(&mut buf[filled..], offset + filled as u64)
-                .map_err(io_errno)?;
-            if n == 0 {
-                break;
-            }
-            filled += n;
+        if handle.side == Side::Remote {
+            return self.on_side(Side::Remote, move |_| {
+                read_exact_or_eof(&handle.file, offset, size)
+            });
         }
-        buf.truncate(filled);
-        Ok(buf)
+        read_exact_or_eof(&handle.file, offset, size)
     }
 
     pub fn write(&self, fh: u64, offset: u64, data: &[u8]) -> FsResult<u32> {
@@ -220,6 +213,23 @@ impl DualFs {
         let copied = self.record_data(&target, RangeSet::single(offset_out, len), copy)?;
         Ok(copied as u32)
     }
+}
+
+/// Reads `size` bytes at `offset`, fewer only at the end of the file, as FUSE expects.
+fn read_exact_or_eof(file: &File, offset: u64, size: u32) -> FsResult<Vec<u8>> {
+    let mut buf = vec![0u8; size as usize];
+    let mut filled = 0;
+    while filled < buf.len() {
+        let n = file
+            .read_at(&mut buf[filled..], offset + filled as u64)
+            .map_err(io_errno)?;
+        if n == 0 {
+            break;
+        }
+        filled += n;
+    }
+    buf.truncate(filled);
+    Ok(buf)
 }
 
 fn kernel_copy(src: &File, off_in: u64, dst: &File, off_out: u64, len: u64) -> FsResult<u64> {

@@ -160,21 +160,35 @@ impl DualFs {
     }
 
     /// Returns the remote entry at `path` unless a queued change removes it. Remote errors
-    /// never reach the application, so any failure reads as "not there".
-    ///
-    /// NOTE: this calls the remote tree directly, so a hung remote stalls lookups of paths
-    /// that the local tree lacks.
+    /// never reach the application, so any failure, a timeout or a down remote reads as
+    /// "not there".
     fn remote_stat(&self, path: &Path) -> Option<Stat> {
         if self.replicator.hides_remote(path) {
             return None;
         }
-        self.remote.lstat(path).ok()
+        let path = path.to_path_buf();
+        self.remote_call(move |remote| remote.lstat(&path))?.ok()
     }
 
-    fn backend(&self, side: Side) -> &Backend {
+    /// Runs a remote call on the bounded pool with the remote deadline; `None` when the
+    /// remote is down, busy or too slow.
+    fn remote_call<T: Send + 'static>(
+        &self,
+        call: impl FnOnce(&Backend) -> crate::backend::Result<T> + Send + 'static,
+    ) -> Option<crate::backend::Result<T>> {
+        self.replicator.remote_caller().call(call)
+    }
+
+    /// Runs a call on the tree that holds an entry: directly on the local tree, through the
+    /// deadline-bound pool on the remote one (EIO when the remote cannot answer in time).
+    fn on_side<T: Send + 'static>(
+        &self,
+        side: Side,
+        call: impl FnOnce(&Backend) -> crate::backend::Result<T> + Send + 'static,
+    ) -> FsResult<T> {
         match side {
-            Side::Local => &self.local,
-            Side::Remote => &self.remote,
+            Side::Local => call(&self.local),
+            Side::Remote => self.remote_call(call).unwrap_or(Err(Errno::EIO)),
         }
     }
 
@@ -218,6 +232,9 @@ impl DualFs {
     /// Makes sure the local tree holds `path`, copying it from the remote tree when only the
     /// remote has it, so that a change can be applied locally and then mirrored. Only the
     /// parent's attributes are queued: the remote already has what is copied.
+    ///
+    /// NOTE: the copy itself reads the remote directly, outside the deadline-bound pool, so a
+    /// remote that hangs in the middle of a copy stalls this request.
     fn ensure_local(&self, path: &Path) -> FsResult<()> {
         match self.local.lstat(path) {
             Ok(_) => return Ok(()),
@@ -290,7 +307,8 @@ impl DualFs {
     pub fn readlink(&self, id: u64) -> FsResult<Vec<u8>> {
         let path = self.node_path(id)?;
         let (side, _) = self.resolve(&path)?;
-        Ok(self.backend(side).readlink(&path)?.into_encoded_bytes())
+        let target = self.on_side(side, move |backend| backend.readlink(&path))?;
+        Ok(target.into_encoded_bytes())
     }
 }
 

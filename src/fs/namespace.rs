@@ -10,7 +10,7 @@ use nix::errno::Errno;
 use super::attr::{to_file_attr, to_timespec};
 use super::creds::CallerIdentity;
 use super::{Caller, DualFs, Entry, FsResult};
-use crate::backend::{self, file_type, read_dir, Side};
+use crate::backend::{self, file_type, Side};
 use crate::replication::{Op, OpKind, RangeSet};
 
 /// The attribute changes of one setattr request.
@@ -156,13 +156,7 @@ impl DualFs {
         if self.replicator.hides_remote(path) {
             return false;
         }
-        let Ok(fd) = self.remote.open_dir(path) else {
-            return false;
-        };
-        let Ok(entries) = read_dir(fd) else {
-            return false;
-        };
-        entries.iter().any(|entry| {
+        self.remote_entries(path).iter().any(|entry| {
             let child = path.join(&entry.name);
             !super::is_reserved(&child)
                 && self.local.lstat(&child).is_err()

@@ -46,7 +46,9 @@ impl DualFs {
             return self.sync_attribute(&path, name).map(String::into_bytes);
         }
         let (side, _) = self.resolve(&path)?;
-        match self.backend(side).getxattr(&path, name) {
+        let owned = (path.clone(), name.to_os_string());
+        let value = self.on_side(side, move |backend| backend.getxattr(&owned.0, &owned.1));
+        match value {
             // Linux keeps no user attributes on symlinks.
             Err(Errno::ENOTSUP) if self.is_symlink(&path) => Err(Errno::ENODATA),
             other => other,
@@ -61,7 +63,7 @@ impl DualFs {
     pub fn listxattr(&self, id: u64) -> FsResult<Vec<u8>> {
         let path = self.node_path(id)?;
         let (side, _) = self.resolve(&path)?;
-        self.backend(side).listxattr(&path)
+        self.on_side(side, move |backend| backend.listxattr(&path))
     }
 
     pub fn setxattr(&self, id: u64, name: &OsStr, value: &[u8], flags: i32) -> FsResult<()> {
@@ -137,7 +139,7 @@ impl DualFs {
                 let recorded = self.replicator.sync_record(path).last_error;
                 Ok(queued.map(|e| e.message).or(recorded).unwrap_or_default())
             }
-            "user.dualfs.remote" if is_root => Ok(self.remote_health().to_string()),
+            "user.dualfs.remote" if is_root => Ok(self.remote_health()),
             "user.dualfs.queue" if is_root => {
                 let summary = self.replicator.summary();
                 Ok(format!(
@@ -165,14 +167,8 @@ impl DualFs {
         }
     }
 
-    /// NOTE: health is derived from failing queued operations only (`degraded` while any
-    /// fails); there is no probe yet that marks the remote `down`.
-    fn remote_health(&self) -> &'static str {
-        if self.replicator.summary().failing > 0 {
-            "degraded"
-        } else {
-            "up"
-        }
+    fn remote_health(&self) -> String {
+        self.replicator.health().to_string()
     }
 
     fn path_state(&self, path: &Path) -> FsResult<&'static str> {
@@ -190,11 +186,13 @@ impl DualFs {
         if side == Side::Remote {
             return Ok("remote-only");
         }
-        // NOTE: this asks the remote tree directly, so it stalls while the remote hangs.
-        Ok(if self.remote.lstat(path).is_ok() {
-            "synced"
-        } else {
-            "local-only"
+        let owned = path.to_path_buf();
+        Ok(match self.remote_call(move |remote| remote.lstat(&owned)) {
+            Some(Ok(_)) => "synced",
+            Some(Err(_)) => "local-only",
+            // The remote cannot tell now: nothing is queued, so the last confirmed state stands.
+            None if self.replicator.sync_record(path).last_sync.is_some() => "synced",
+            None => "local-only",
         })
     }
 

@@ -13,7 +13,10 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
+use std::time::Instant;
+
 use nix::errno::Errno;
+use parking_lot::Mutex;
 
 use super::op::{Op, OpKind, RangeSet};
 use crate::backend::{self, file_type, read_dir, Backend, Stat};
@@ -43,6 +46,9 @@ pub struct Applier<'a> {
     pub remote: &'a Backend,
     /// Whether file ownership is copied to the remote (an EFS access point forbids chown).
     pub mirror_owner: bool,
+    /// Set to now after each chunk of a long copy, so a copy that progresses is not taken
+    /// for a hung call.
+    pub heartbeat: Option<&'a Mutex<Option<Instant>>>,
 }
 
 trait Context<T> {
@@ -210,7 +216,19 @@ impl Applier<'_> {
             ranges.clone()
         };
         for &(start, end) in ranges.ranges() {
-            copy_range(&local, &remote, start, end.min(st.st_size as u64), path)?;
+            let beat = || {
+                if let Some(heartbeat) = self.heartbeat {
+                    *heartbeat.lock() = Some(Instant::now());
+                }
+            };
+            copy_range(
+                &local,
+                &remote,
+                start,
+                end.min(st.st_size as u64),
+                path,
+                &beat,
+            )?;
         }
 
         // SAFETY: plain syscall on an open descriptor.
@@ -528,7 +546,14 @@ fn times_of(st: &Stat) -> [libc::timespec; 2] {
 
 /// Copies `[start, end)` from `src` to `dst`, punching holes where the source has them so
 /// sparse files stay sparse on the remote.
-fn copy_range(src: &File, dst: &File, start: u64, end: u64, path: &Path) -> Result<()> {
+fn copy_range(
+    src: &File,
+    dst: &File,
+    start: u64,
+    end: u64,
+    path: &Path,
+    beat: &dyn Fn(),
+) -> Result<()> {
     let mut offset = start;
     let mut buf = vec![0u8; COPY_CHUNK.min(end.saturating_sub(start) as usize).max(1)];
     while offset < end {
@@ -561,6 +586,7 @@ fn copy_range(src: &File, dst: &File, start: u64, end: u64, path: &Path) -> Resu
                 .map_err(|e| Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)))
                 .at("remote write", path)?;
             offset += read as u64;
+            beat();
         }
     }
     Ok(())

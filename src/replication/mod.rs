@@ -2,9 +2,11 @@
 //! the per-path sync records behind the `user.dualfs.*` attributes.
 
 pub mod apply;
+pub mod health;
 pub mod journal;
 pub mod op;
 pub mod queue;
+pub mod remote_call;
 
 use std::num::NonZeroUsize;
 use std::path::{Path, PathBuf};
@@ -19,10 +21,12 @@ use nix::errno::Errno;
 
 use crate::backend::Backend;
 use apply::Applier;
+use health::{Failure, Health, RemoteHealth};
 use journal::{Journal, JournalError};
 pub use op::{Op, OpKind, RangeSet};
 use queue::Queue;
 pub use queue::{PathSummary, QueueSummary};
+use remote_call::RemoteCaller;
 
 /// When a change is acknowledged to the application.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -40,7 +44,12 @@ pub struct ReplicationConfig {
     pub remote_timeout: Duration,
     pub workers: usize,
     pub mirror_owner: bool,
+    /// Threads for remote lookups, listings and reads made on behalf of FUSE requests.
+    pub remote_call_threads: usize,
 }
+
+/// How often the monitor looks for hung remote applies and probes a down remote.
+const MONITOR_INTERVAL: Duration = Duration::from_millis(500);
 
 /// How many paths keep a record of their last remote apply and error.
 const SYNC_RECORDS: usize = 65_536;
@@ -55,6 +64,8 @@ pub struct SyncRecord {
 pub struct Replicator {
     queue: Arc<Queue>,
     journal: Option<Arc<Journal>>,
+    health: Arc<RemoteHealth>,
+    caller: RemoteCaller,
     config: ReplicationConfig,
     records: Arc<Mutex<LruCache<PathBuf, SyncRecord>>>,
     workers: Mutex<Vec<JoinHandle<()>>>,
@@ -99,14 +110,26 @@ impl Replicator {
         let records = Arc::new(Mutex::new(LruCache::new(
             NonZeroUsize::new(SYNC_RECORDS).expect("non-zero"),
         )));
+        let health = Arc::new(RemoteHealth::new());
+        let caller = RemoteCaller::start(
+            remote.clone(),
+            health.clone(),
+            config.remote_call_threads.max(1),
+            config.remote_timeout,
+        )?;
 
         let mut workers = Vec::new();
+        let mut busy_slots = Vec::new();
         for i in 0..config.workers.max(1) {
+            let busy = Arc::new(Mutex::new(None));
+            busy_slots.push(busy.clone());
             let worker = Worker {
                 queue: queue.clone(),
                 local: local.clone(),
                 remote: remote.clone(),
                 records: records.clone(),
+                health: health.clone(),
+                busy,
                 mirror_owner: config.mirror_owner,
             };
             workers.push(
@@ -116,13 +139,35 @@ impl Replicator {
             );
         }
 
+        let monitor = Monitor {
+            queue: queue.clone(),
+            remote: remote.clone(),
+            health: health.clone(),
+            busy_slots,
+            deadline: config.remote_timeout,
+        };
+        std::thread::Builder::new()
+            .name("remote-monitor".into())
+            .spawn(move || monitor.run())?;
+
         Ok(Replicator {
             queue,
             journal,
+            health,
+            caller,
             config,
             records,
             workers: Mutex::new(workers),
         })
+    }
+
+    pub fn health(&self) -> Health {
+        self.health.get()
+    }
+
+    /// The bounded, deadline-limited pool for remote calls made on behalf of requests.
+    pub fn remote_caller(&self) -> &RemoteCaller {
+        &self.caller
     }
 
     pub fn mode(&self) -> Mode {
@@ -155,7 +200,8 @@ impl Replicator {
         match local() {
             Ok(value) => {
                 let ticket = self.queue.commit(begun);
-                if wait {
+                // A down remote is not waited for: every change goes async until it is back.
+                if wait && !self.health.is_down() {
                     ticket.wait(self.config.remote_timeout);
                 }
                 Ok(value)
@@ -217,6 +263,9 @@ struct Worker {
     local: Arc<Backend>,
     remote: Arc<Backend>,
     records: Arc<Mutex<LruCache<PathBuf, SyncRecord>>>,
+    health: Arc<RemoteHealth>,
+    /// When the apply in progress started, for the monitor's hung-call detection.
+    busy: Arc<Mutex<Option<Instant>>>,
     mirror_owner: bool,
 }
 
@@ -226,19 +275,34 @@ impl Worker {
             local: &self.local,
             remote: &self.remote,
             mirror_owner: self.mirror_owner,
+            heartbeat: Some(&self.busy),
         };
-        while let Some((seq, op)) = self.queue.next() {
+        loop {
+            // While the remote is down, only the monitor's probe talks to it.
+            while self.health.is_down() && !self.queue.is_shut_down() {
+                self.health.wait_while_down(MONITOR_INTERVAL);
+            }
+            let Some((seq, op)) = self.queue.next() else {
+                return;
+            };
+
             let started = Instant::now();
+            *self.busy.lock() = Some(started);
             let result = applier.apply(&op);
+            *self.busy.lock() = None;
             let elapsed = started.elapsed();
 
             match result {
                 Ok(()) => {
+                    self.health.record_success();
                     self.record_success(&op);
                     tracing::trace!(op = op.name(), path = %op.path.display(), ?elapsed, "applied to remote");
                     self.queue.finish(seq, Ok(()));
                 }
                 Err(err) => {
+                    if !err.step.starts_with("local") {
+                        self.health.record_failure(Failure::Errno(err.errno));
+                    }
                     let message = err.to_string();
                     self.record_error(&op, &message);
                     let retry_in = self.queue.finish(seq, Err(message));
@@ -258,7 +322,9 @@ impl Worker {
     fn record_success(&self, op: &Op) {
         let now = SystemTime::now();
         let mut records = self.records.lock();
-        for path in [Some(op.path.as_path()), op.second_path()]
+        // The root's record tells when anything last reached the remote.
+        let root = Some(Path::new(""));
+        for path in [Some(op.path.as_path()), op.second_path(), root]
             .into_iter()
             .flatten()
         {
@@ -276,5 +342,60 @@ impl Worker {
         let mut records = self.records.lock();
         let record = records.get_or_insert_mut(op.path.clone(), SyncRecord::default);
         record.last_error = Some(message.to_string());
+    }
+}
+
+/// Watches the remote: marks it down when an apply hangs past the deadline, and probes it
+/// while it is down.
+struct Monitor {
+    queue: Arc<Queue>,
+    remote: Arc<Backend>,
+    health: Arc<RemoteHealth>,
+    busy_slots: Vec<Arc<Mutex<Option<Instant>>>>,
+    deadline: Duration,
+}
+
+impl Monitor {
+    fn run(self) {
+        let probe_running = Arc::new(Mutex::new(false));
+        let mut reported_hang = false;
+        while !self.queue.is_shut_down() {
+            std::thread::sleep(MONITOR_INTERVAL);
+
+            let hung = self.busy_slots.iter().any(|slot| {
+                slot.lock()
+                    .is_some_and(|since| since.elapsed() > self.deadline)
+            });
+            if hung && !reported_hang {
+                tracing::warn!(deadline = ?self.deadline, "a remote apply is hung past the deadline");
+                self.health.record_failure(Failure::Timeout);
+            }
+            reported_hang = hung;
+
+            if self.health.is_down() && !*probe_running.lock() {
+                self.spawn_probe(probe_running.clone());
+            }
+        }
+    }
+
+    /// Probes the remote root on its own thread, so a hung probe never blocks the monitor;
+    /// at most one probe runs at a time.
+    fn spawn_probe(&self, running: Arc<Mutex<bool>>) {
+        *running.lock() = true;
+        let remote = self.remote.clone();
+        let health = self.health.clone();
+        let done = running.clone();
+        let spawned = std::thread::Builder::new()
+            .name("remote-probe".into())
+            .spawn(move || {
+                match remote.lstat(Path::new("")) {
+                    Ok(_) => health.record_success(),
+                    Err(errno) => health.record_failure(Failure::Errno(errno)),
+                }
+                *done.lock() = false;
+            });
+        if spawned.is_err() {
+            *running.lock() = false;
+        }
     }
 }

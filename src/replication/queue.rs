@@ -443,6 +443,10 @@ impl Queue {
         true
     }
 
+    pub fn is_shut_down(&self) -> bool {
+        self.inner.lock().shutdown
+    }
+
     /// Stops handing out operations; workers blocked in `next` return `None`.
     pub fn shutdown(&self) {
         self.inner.lock().shutdown = true;
