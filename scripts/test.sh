@@ -11,4 +11,8 @@ if [[ $EUID -ne 0 ]]; then
 fi
 
 export PATH="${CARGO_HOME:-$HOME/.cargo}/bin:$PATH"
-cargo test --release --all-targets
+cargo test --release --workspace --all-targets
+
+# The default mode is sync; async mode lets writers race ahead of the remote, which is where
+# ordering bugs show, so the workloads run in both.
+DUALFS_TEST_MODE=async cargo test --release --test workloads --test semantics

@@ -49,6 +49,31 @@ pub struct Applier<'a> {
     /// Set to now after each chunk of a long copy, so a copy that progresses is not taken
     /// for a hung call.
     pub heartbeat: Option<&'a Mutex<Option<Instant>>>,
+    /// Locks shared by all workers that serialize copying one directory's times.
+    pub time_locks: &'a TimeLocks,
+}
+
+/// Striped locks by directory path: a small fixed set of mutexes, one chosen by hash.
+pub struct TimeLocks {
+    stripes: Vec<Mutex<()>>,
+}
+
+impl Default for TimeLocks {
+    fn default() -> Self {
+        TimeLocks {
+            stripes: (0..64).map(|_| Mutex::new(())).collect(),
+        }
+    }
+}
+
+impl TimeLocks {
+    fn lock(&self, path: &Path) -> parking_lot::MutexGuard<'_, ()> {
+        use std::hash::{Hash, Hasher};
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        path.hash(&mut hasher);
+        let index = hasher.finish() as usize % self.stripes.len();
+        self.stripes[index].lock()
+    }
 }
 
 trait Context<T> {
@@ -310,6 +335,9 @@ impl Applier<'_> {
                 .chmod(path, st.st_mode & 0o7777)
                 .at("remote chmod", path)?;
         }
+        if file_type(st) == libc::S_IFDIR {
+            return self.copy_dir_times(path);
+        }
         self.remote
             .utimens(path, &times_of(st))
             .at("remote utimens", path)
@@ -319,12 +347,20 @@ impl Applier<'_> {
     /// resets.
     fn copy_parent_times(&self, path: &Path) -> Result<()> {
         let parent = path.parent().unwrap_or(Path::new(""));
-        let Some(st) = self.local_stat(parent)? else {
+        self.copy_dir_times(parent)
+    }
+
+    /// Copies the current local times of a directory under its stripe lock. Workers changing
+    /// entries of one directory in parallel each copy its times; without the lock, one could
+    /// read the times before another's change and write them after, leaving them stale.
+    fn copy_dir_times(&self, dir: &Path) -> Result<()> {
+        let _guard = self.time_locks.lock(dir);
+        let Some(st) = self.local_stat(dir)? else {
             return Ok(());
         };
-        match self.remote.utimens(parent, &times_of(&st)) {
+        match self.remote.utimens(dir, &times_of(&st)) {
             Ok(()) | Err(Errno::ENOENT) => Ok(()),
-            Err(errno) => Err(errno).at("remote utimens", parent),
+            Err(errno) => Err(errno).at("remote utimens", dir),
         }
     }
 

@@ -120,6 +120,7 @@ impl Replicator {
 
         let mut workers = Vec::new();
         let mut busy_slots = Vec::new();
+        let time_locks = Arc::new(apply::TimeLocks::default());
         for i in 0..config.workers.max(1) {
             let busy = Arc::new(Mutex::new(None));
             busy_slots.push(busy.clone());
@@ -130,6 +131,7 @@ impl Replicator {
                 records: records.clone(),
                 health: health.clone(),
                 busy,
+                time_locks: time_locks.clone(),
                 mirror_owner: config.mirror_owner,
             };
             workers.push(
@@ -266,6 +268,7 @@ struct Worker {
     health: Arc<RemoteHealth>,
     /// When the apply in progress started, for the monitor's hung-call detection.
     busy: Arc<Mutex<Option<Instant>>>,
+    time_locks: Arc<apply::TimeLocks>,
     mirror_owner: bool,
 }
 
@@ -276,6 +279,7 @@ impl Worker {
             remote: &self.remote,
             mirror_owner: self.mirror_owner,
             heartbeat: Some(&self.busy),
+            time_locks: &self.time_locks,
         };
         loop {
             // While the remote is down, only the monitor's probe talks to it.

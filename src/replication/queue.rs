@@ -43,6 +43,10 @@ struct Entry {
     held: bool,
     /// Callers that joined this entry and are still making their local change.
     pins: u32,
+    /// For a rename: copies, onto the new name, of the operations below the old name that
+    /// were running when the rename began. They may finish before the rename is committed and
+    /// find the old name gone, so they are queued again after the rename.
+    moves: Vec<Op>,
     in_flight: bool,
     /// Set after a failed attempt: the entry is not run again before this instant.
     retry_at: Option<Instant>,
@@ -164,6 +168,7 @@ impl Inner {
                 op,
                 held,
                 pins: 0,
+                moves: Vec::new(),
                 in_flight: false,
                 retry_at: None,
                 attempts: 0,
@@ -220,21 +225,24 @@ impl Inner {
 
         for seq in candidates {
             let entry = &self.entries[&seq];
-            let Some(path) = rebase(&entry.op.path, from, to) else {
+            let Some(follow_up) = moved_copy(&entry.op, from, to) else {
                 continue;
-            };
-            let kind = match &entry.op.kind {
-                OpKind::Data(_) => OpKind::Data(RangeSet::everything()),
-                OpKind::Attr => OpKind::Attr,
-                OpKind::Xattr(name) => OpKind::Xattr(name.clone()),
-                _ => continue,
             };
             if !entry.in_flight && !entry.held && entry.pins == 0 {
                 self.remove(seq);
             }
-            moved.push(Op::new(path, kind));
+            moved.push(follow_up);
         }
         moved
+    }
+
+    /// Returns the moved copies of the operations below `from` that are running now.
+    fn running_moves(&self, from: &Path, to: &Path) -> Vec<Op> {
+        self.entries
+            .values()
+            .filter(|e| e.in_flight)
+            .filter_map(|e| moved_copy(&e.op, from, to))
+            .collect()
     }
 }
 
@@ -279,7 +287,20 @@ impl Queue {
             };
         }
 
+        let moves = match &op.kind {
+            OpKind::Rename { to, flags } => {
+                let mut moves = inner.running_moves(&op.path, to);
+                if flags & libc::RENAME_EXCHANGE != 0 {
+                    moves.extend(inner.running_moves(to, &op.path));
+                }
+                moves
+            }
+            _ => Vec::new(),
+        };
         let (seq, batch) = inner.insert(op, true);
+        if let Some(entry) = inner.entries.get_mut(&seq) {
+            entry.moves = moves;
+        }
         Begun {
             seq,
             joined: false,
@@ -299,20 +320,27 @@ impl Queue {
             }
             entry.waiters.push(tx);
             match &entry.op.kind {
-                OpKind::Rename { to, flags } if !begun.joined => {
-                    Some((entry.op.path.clone(), to.clone(), *flags))
-                }
+                OpKind::Rename { to, flags } if !begun.joined => Some((
+                    entry.op.path.clone(),
+                    to.clone(),
+                    *flags,
+                    std::mem::take(&mut entry.moves),
+                )),
                 _ => None,
             }
         });
 
-        if let Some((from, to, flags)) = rename {
-            let mut follow_ups = inner.take_moved(&from, &to, begun.seq);
+        if let Some((from, to, flags, mut follow_ups)) = rename {
+            follow_ups.extend(inner.take_moved(&from, &to, begun.seq));
             if flags & libc::RENAME_EXCHANGE != 0 {
                 follow_ups.extend(inner.take_moved(&to, &from, begun.seq));
             }
+            let mut queued: Vec<Op> = Vec::with_capacity(follow_ups.len());
             for follow_up in follow_ups {
-                inner.insert(follow_up, false);
+                if !queued.contains(&follow_up) {
+                    queued.push(follow_up.clone());
+                    inner.insert(follow_up, false);
+                }
             }
         }
         drop(inner);
@@ -372,9 +400,16 @@ impl Queue {
                         continue;
                     }
                 }
+                // A rename whose local part is in progress blocks every operation on its
+                // paths, even earlier ones: they would read the local tree mid-rename.
                 let blocked = window[..i]
                     .iter()
-                    .any(|(_, earlier)| ops_conflict(&earlier.op, &entry.op));
+                    .any(|(_, earlier)| ops_conflict(&earlier.op, &entry.op))
+                    || window[i + 1..].iter().any(|(_, later)| {
+                        later.held
+                            && matches!(later.op.kind, OpKind::Rename { .. })
+                            && ops_conflict(&later.op, &entry.op)
+                    });
                 if !blocked {
                     chosen = Some(*seq);
                     break;
@@ -525,6 +560,23 @@ impl Queue {
     }
 }
 
+/// Returns the copy of `op` that must follow a rename of `from` to `to`, if `op` lies below
+/// `from` and transfers state. Data is copied whole, because the old name may be reused
+/// before the rename reaches the remote.
+fn moved_copy(op: &Op, from: &Path, to: &Path) -> Option<Op> {
+    if op.second_path().is_some() {
+        return None;
+    }
+    let path = rebase(&op.path, from, to)?;
+    let kind = match &op.kind {
+        OpKind::Data(_) => OpKind::Data(RangeSet::everything()),
+        OpKind::Attr => OpKind::Attr,
+        OpKind::Xattr(name) => OpKind::Xattr(name.clone()),
+        _ => return None,
+    };
+    Some(Op::new(path, kind))
+}
+
 fn ops_conflict(a: &Op, b: &Op) -> bool {
     let a_paths = [Some(a.path.as_path()), a.second_path()];
     let b_paths = [Some(b.path.as_path()), b.second_path()];
@@ -605,6 +657,50 @@ mod tests {
         queue.finish(rename, Ok(()));
         let (_, op) = queue.next().unwrap();
         assert_eq!(op, Op::new("b", OpKind::Data(RangeSet::everything())));
+    }
+
+    #[test]
+    fn rename_requeues_data_that_ran_during_it() {
+        let queue = Queue::new();
+        queue.push(data("tmp", 0, 10));
+        let (data_seq, _) = queue.next().unwrap();
+
+        // The rename begins while the copy of tmp runs, and the copy finishes before the
+        // rename is committed (it found tmp gone locally and skipped).
+        let rename = queue.begin(Op::new(
+            "tmp",
+            OpKind::Rename {
+                to: PathBuf::from("final"),
+                flags: 0,
+            },
+        ));
+        queue.finish(data_seq, Ok(()));
+        queue.commit(rename);
+
+        let (rename_seq, op) = queue.next().unwrap();
+        assert_eq!(op.name(), "rename");
+        queue.finish(rename_seq, Ok(()));
+        let (_, op) = queue.next().unwrap();
+        assert_eq!(op, Op::new("final", OpKind::Data(RangeSet::everything())));
+    }
+
+    #[test]
+    fn held_rename_blocks_earlier_operations_on_its_path() {
+        let queue = Queue::new();
+        queue.push(data("tmp", 0, 10));
+        queue.push(data("other", 0, 10));
+        let rename = queue.begin(Op::new(
+            "tmp",
+            OpKind::Rename {
+                to: PathBuf::from("final"),
+                flags: 0,
+            },
+        ));
+        let (_, op) = queue.next().unwrap();
+        assert_eq!(op.path, PathBuf::from("other"), "tmp must wait for the rename");
+        queue.commit(rename);
+        let (_, op) = queue.next().unwrap();
+        assert_eq!(op.name(), "rename", "the pending copy of tmp moved after the rename");
     }
 
     #[test]
