@@ -34,6 +34,10 @@ pub enum Command {
     Mount(MountArgs),
     /// Show the sync state of a path on a dualfs mount.
     Status(StatusArgs),
+    /// Compare the remote tree with the local tree; exit 1 and list every difference.
+    Verify(VerifyArgs),
+    /// Repair the remote tree from the local tree (the daemon must not be running).
+    Resync(VerifyArgs),
 }
 
 fn parse_duration(value: &str) -> Result<Duration, String> {
@@ -106,6 +110,25 @@ pub struct MountArgs {
     /// On unmount, how long to wait for queued changes to reach the remote before exiting.
     #[arg(long, value_parser = parse_duration, default_value = "60s", value_name = "DURATION")]
     pub drain_timeout: Duration,
+}
+
+#[derive(Args, Debug)]
+pub struct VerifyArgs {
+    /// The local tree (the reference).
+    #[arg(long, value_name = "DIR")]
+    pub local: PathBuf,
+
+    /// The remote tree (the copy to check).
+    #[arg(long, value_name = "DIR")]
+    pub remote: PathBuf,
+
+    /// Compare file contents byte by byte too, not only sizes and attributes.
+    #[arg(long)]
+    pub checksum: bool,
+
+    /// Ignore ownership, as for a mount with --no-mirror-owner.
+    #[arg(long)]
+    pub no_mirror_owner: bool,
 }
 
 #[derive(Args, Debug)]

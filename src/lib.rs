@@ -7,6 +7,7 @@ pub mod fs;
 pub mod mount;
 pub mod replication;
 pub mod status;
+pub mod verify;
 
 /// The reserved folder at the local root that holds dualfs's own state; it is hidden and
 /// unreachable through the mount, and never copied to the remote.

@@ -23,6 +23,8 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Mount(args) => dualfs::mount::run(args),
         Command::Status(args) => dualfs::status::run(args),
+        Command::Verify(args) => dualfs::verify::run_verify(args),
+        Command::Resync(args) => dualfs::verify::run_resync(args),
     };
     match result {
         Ok(code) => code,

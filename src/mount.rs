@@ -188,9 +188,66 @@ fn unmount(mountpoint: &Path) {
     }
 }
 
+/// Detaches a dualfs mount whose daemon died ("Transport endpoint is not connected") from the
+/// mount point, so a restarted daemon can mount there again. Dead mounts of other filesystems
+/// are reported, not touched.
+fn clear_dead_mount(mountpoint: &Path) -> Result<()> {
+    // The kernel may answer stat of the mount root from its cache, so list it instead.
+    match std::fs::read_dir(mountpoint) {
+        Err(err) if err.raw_os_error() == Some(libc::ENOTCONN) => {}
+        _ => return Ok(()),
+    }
+    let absolute = std::path::absolute(mountpoint)?;
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo")?;
+    let fs_type = mountinfo.lines().find_map(|line| {
+        let fields: Vec<&str> = line.split(' ').collect();
+        let separator = fields.iter().position(|f| *f == "-")?;
+        let point = fields.get(4)?.replace("\\040", " ");
+        (Path::new(&point) == absolute).then(|| fields.get(separator + 1).map(|t| t.to_string()))?
+    });
+
+    match fs_type.as_deref() {
+        Some("fuse.dualfs") => {
+            tracing::warn!(mountpoint = %absolute.display(), "the previous dualfs daemon of this mount point died; detaching its dead mount");
+            unmount(&absolute);
+            Ok(())
+        }
+        Some(other) => bail!(
+            "mount point {} is a dead {other} mount; unmount it with `umount -l {}`",
+            absolute.display(),
+            absolute.display()
+        ),
+        None => Ok(()),
+    }
+}
+
+/// Takes the exclusive lock of a local tree's state folder, held by the daemon for as long as
+/// it runs, so no second daemon or offline repair works on the same tree.
+pub fn lock_local_tree(local: &Path) -> Result<std::fs::File> {
+    prepare_state_dir(local)?;
+    let path = local.join(STATE_DIR).join("lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("cannot open the lock file {}", path.display()))?;
+    // SAFETY: flock on an open descriptor; the result is checked.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        let err = std::io::Error::last_os_error();
+        bail!(
+            "the local tree {} is in use by another dualfs process (lock {} is held: {err})",
+            local.display(),
+            path.display()
+        );
+    }
+    Ok(file)
+}
+
 pub fn run(args: MountArgs) -> Result<ExitCode> {
+    clear_dead_mount(&args.mountpoint)?;
     let paths = check_paths(&args.local, &args.remote, &args.mountpoint)?;
-    prepare_state_dir(&paths.local)?;
+    let _lock = lock_local_tree(&paths.local)?;
 
     // Modes arrive already masked by the kernel; our own umask must not mask them again.
     // SAFETY: umask has no preconditions.

@@ -697,10 +697,18 @@ mod tests {
             },
         ));
         let (_, op) = queue.next().unwrap();
-        assert_eq!(op.path, PathBuf::from("other"), "tmp must wait for the rename");
+        assert_eq!(
+            op.path,
+            PathBuf::from("other"),
+            "tmp must wait for the rename"
+        );
         queue.commit(rename);
         let (_, op) = queue.next().unwrap();
-        assert_eq!(op.name(), "rename", "the pending copy of tmp moved after the rename");
+        assert_eq!(
+            op.name(),
+            "rename",
+            "the pending copy of tmp moved after the rename"
+        );
     }
 
     #[test]

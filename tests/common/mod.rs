@@ -8,7 +8,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::CString;
 use std::fmt::Write as _;
-use std::fs::{self, File};
+use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
@@ -59,6 +59,8 @@ pub struct Mount {
     remote: PathBuf,
     mountpoint: PathBuf,
     log_path: PathBuf,
+    /// Options added to every start of the daemon, restarts included.
+    extra_args: Vec<String>,
     daemon: Option<Child>,
     // Dropped after `Drop::drop` has unmounted, so removing it never walks
     // through a live mount.
@@ -91,8 +93,29 @@ impl Mount {
                 .unwrap_or_else(|e| panic!("failed to create {}: {e}", dir.display()));
         }
         let log_path = root_path.join("daemon.log");
-        let log = File::create(&log_path)
-            .unwrap_or_else(|e| panic!("failed to create {}: {e}", log_path.display()));
+
+        // The guard exists before the daemon starts, so its Drop cleans up when the start or
+        // the readiness wait panics.
+        let mut mount = Mount {
+            local,
+            remote,
+            mountpoint,
+            log_path,
+            extra_args: extra_args.iter().map(|arg| arg.to_string()).collect(),
+            daemon: None,
+            _root: root,
+        };
+        mount.spawn_daemon();
+        mount
+    }
+
+    /// Starts the daemon over this guard's directories, appending to its log.
+    fn spawn_daemon(&mut self) {
+        let log = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log_path)
+            .unwrap_or_else(|e| panic!("failed to open {}: {e}", self.log_path.display()));
         let log_for_stdout = log
             .try_clone()
             .expect("failed to duplicate the log file descriptor");
@@ -101,18 +124,19 @@ impl Mount {
         command
             .arg("mount")
             .arg("--local")
-            .arg(&local)
+            .arg(&self.local)
             .arg("--remote")
-            .arg(&remote)
-            .arg(&mountpoint);
-        let mode_given = extra_args
+            .arg(&self.remote)
+            .arg(&self.mountpoint);
+        let mode_given = self
+            .extra_args
             .iter()
-            .any(|arg| *arg == "--mode" || arg.starts_with("--mode="));
+            .any(|arg| arg == "--mode" || arg.starts_with("--mode="));
         if let (Ok(mode), false) = (std::env::var("DUALFS_TEST_MODE"), mode_given) {
             command.arg("--mode").arg(mode);
         }
         command
-            .args(extra_args)
+            .args(&self.extra_args)
             // Plain log lines, because the log is read from a file.
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())
@@ -121,19 +145,26 @@ impl Mount {
         let daemon = command
             .spawn()
             .unwrap_or_else(|e| panic!("failed to start {}: {e}", dualfs_binary()));
+        self.daemon = Some(daemon);
+        self.wait_ready();
+    }
 
-        // The guard exists before the readiness wait, so its Drop cleans up
-        // when the wait panics.
-        let mut mount = Mount {
-            local,
-            remote,
-            mountpoint,
-            log_path,
-            daemon: Some(daemon),
-            _root: root,
-        };
-        mount.wait_ready();
-        mount
+    /// Kills the daemon with SIGKILL, as a crash would, and leaves its dead mount in place
+    /// ("Transport endpoint is not connected").
+    pub fn crash(&mut self) {
+        if let Some(mut daemon) = self.daemon.take() {
+            let _ = daemon.kill();
+            let _ = daemon.wait();
+        }
+    }
+
+    /// Starts the daemon again over the same directories after `crash` or `unmount`.
+    pub fn restart(&mut self) {
+        assert!(
+            self.daemon.is_none(),
+            "restart called while the daemon runs"
+        );
+        self.spawn_daemon();
     }
 
     /// Local (primary) backing directory.
@@ -182,8 +213,10 @@ impl Mount {
                     self.log_tail()
                 );
             }
+            // A dead mount left by a killed daemon keeps its type and may still answer stat
+            // from the kernel's cache, so the mount must answer a listing too.
             let fs_type = mount_fs_type(&self.mountpoint);
-            if fs_type.as_deref() == Some(FS_TYPE) {
+            if fs_type.as_deref() == Some(FS_TYPE) && fs::read_dir(&self.mountpoint).is_ok() {
                 return;
             }
             if started.elapsed() > READY_TIMEOUT {
