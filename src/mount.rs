@@ -18,7 +18,7 @@ use crate::backend::{Backend, Side};
 use crate::cli::MountArgs;
 use crate::fs::fuse::FuseAdapter;
 use crate::fs::{DualFs, FsConfig};
-use crate::replication::{ReplicationConfig, Replicator};
+use crate::replication::{Op, OpKind, ReplicationConfig, Replicator};
 use crate::STATE_DIR;
 
 /// The three directories of a mount, canonicalized and checked.
@@ -274,6 +274,12 @@ pub fn run(args: MountArgs) -> Result<ExitCode> {
         },
         &paths.local.join(STATE_DIR).join("journal"),
     )?);
+
+    // The roots' own attributes are copied at every start, because they may differ before
+    // the first change (a fresh remote directory, a tmpfs root with mode 1777).
+    replicator
+        .enqueue(Op::new("", OpKind::Attr))
+        .map_err(|errno| anyhow::anyhow!("cannot record the root's attributes: {errno}"))?;
 
     let fs = DualFs::new(
         local,

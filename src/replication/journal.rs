@@ -154,6 +154,7 @@ impl Journal {
             .write_all(&header(KIND_LOG))
             .and_then(|()| active.sync_all())
             .map_err(io_error(&active_path))?;
+        reserve_space(&active);
         sync_dir(dir)?;
 
         let live: BTreeMap<u64, Op> = replay.pending.iter().cloned().collect();
@@ -321,7 +322,9 @@ impl Journal {
             file.sync_all()?;
             fs::rename(&temporary, &path)?;
             File::open(&self.dir)?.sync_all()?;
-            OpenOptions::new().append(true).open(&path)
+            let file = OpenOptions::new().append(true).open(&path)?;
+            reserve_space(&file);
+            Ok(file)
         };
         let file = write()?;
         let bytes = (HEADER_LEN + records.len()) as u64;
@@ -344,6 +347,28 @@ impl Journal {
                 }
             }
         }
+    }
+}
+
+/// Space allocated ahead for a segment's appends.
+const RESERVE_BYTES: i64 = 4 << 20;
+
+/// Allocates space for future appends without changing the file size, so that a full local
+/// file system still accepts journal records (and with them the deletions that free space)
+/// until the reserve is used up. Backings without fallocate (NFSv4.1) simply get none.
+fn reserve_space(file: &File) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: fallocate on an open descriptor; a failure only means no reserve.
+    let ret = unsafe {
+        libc::fallocate(
+            file.as_raw_fd(),
+            libc::FALLOC_FL_KEEP_SIZE,
+            0,
+            RESERVE_BYTES,
+        )
+    };
+    if ret != 0 {
+        tracing::debug!(error = %io::Error::last_os_error(), "no space reserved for the journal");
     }
 }
 

@@ -215,6 +215,11 @@ impl Replicator {
         }
     }
 
+    /// Queues a change that has no local part without waiting for the remote in any mode.
+    pub fn enqueue(&self, op: Op) -> Result<(), Errno> {
+        self.record_and_wait(op, || Ok(()), false)
+    }
+
     /// Queues a change that has no local part (the local tree already holds it); in sync
     /// mode waits for the remote up to the remote timeout.
     pub fn submit(&self, op: Op) -> Result<(), Errno> {
