@@ -248,15 +248,31 @@ impl Replicator {
         self.records.lock().get(path).cloned().unwrap_or_default()
     }
 
-    /// Waits until everything queued has reached the remote, up to `timeout`, then stops the
-    /// workers and closes the journal. Returns how many operations were left behind; the
-    /// journal keeps them for the next start.
+    /// Waits until everything queued has reached the remote, up to `timeout` (not at all
+    /// while the remote is down), then stops the workers and closes the journal. Returns how
+    /// many operations were left behind; the journal keeps them for the next start.
     pub fn shutdown(&self, timeout: Duration) -> usize {
-        self.queue.wait_idle(timeout);
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline && !self.health.is_down() {
+            if self.queue.wait_idle(MONITOR_INTERVAL) {
+                break;
+            }
+        }
         let left = self.queue.summary().ops;
         self.queue.shutdown();
+
+        // A worker stuck in a hung remote call cannot be joined; it ends with the process,
+        // and its operation stays in the journal.
+        let join_deadline = Instant::now() + Duration::from_secs(2);
         for worker in self.workers.lock().drain(..) {
-            let _ = worker.join();
+            while !worker.is_finished() && Instant::now() < join_deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            if worker.is_finished() {
+                let _ = worker.join();
+            } else {
+                tracing::warn!("a replication worker is stuck in a remote call; leaving it");
+            }
         }
         if let Some(journal) = &self.journal {
             journal.close();
