@@ -115,3 +115,47 @@ fn pjdfstest_reports_no_failures() {
         "remote after pjdfstest",
     );
 }
+
+#[test]
+fn fsx_full_featured_run_matches_remote() {
+    require_program("fsx", "fsx (cargo install --locked fsx@0.3.2)");
+    let operations: u64 = std::env::var("DUALFS_FSX_OPS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(100_000);
+    let mut mount = Mount::start();
+    let config = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fsx/full.toml");
+
+    let output = Command::new("fsx")
+        .arg("-N")
+        .arg(operations.to_string())
+        .args(["-S", "20261204"])
+        .arg("-f")
+        .arg(&config)
+        .arg("-P")
+        .arg(mount.local().parent().unwrap())
+        .arg(mount.path().join("fsx.bin"))
+        .output()
+        .expect("failed to start fsx");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let tail: Vec<&str> = stderr
+        .lines()
+        .chain(stdout.lines())
+        .rev()
+        .take(30)
+        .collect();
+    assert!(
+        output.status.success(),
+        "fsx failed after up to {operations} operations ({}):\n{}",
+        output.status,
+        tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+    );
+
+    mount.wait_synced();
+    mount.unmount();
+    assert_no_differences(
+        &compare_trees(mount.local(), mount.remote()),
+        "remote after fsx",
+    );
+}
