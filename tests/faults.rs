@@ -17,7 +17,13 @@ struct SmallFs {
 impl SmallFs {
     fn mount(path: &Path, size: &str) -> SmallFs {
         run(Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "dualfs-test-small"])
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size}"),
+                "dualfs-test-small",
+            ])
             .arg(path));
         SmallFs {
             path: path.to_path_buf(),
@@ -39,7 +45,11 @@ fn local_enospc_reaches_dd_and_nothing_is_lost() {
     let _small = SmallFs::mount(mount.local(), "16m");
     mount.restart();
 
-    fs::write(mount.path().join("before.txt"), b"written before the disk filled").unwrap();
+    fs::write(
+        mount.path().join("before.txt"),
+        b"written before the disk filled",
+    )
+    .unwrap();
     let output = Command::new("dd")
         .arg("if=/dev/zero")
         .arg(format!("of={}", mount.path().join("big.bin").display()))
@@ -47,7 +57,10 @@ fn local_enospc_reaches_dd_and_nothing_is_lost() {
         .output()
         .expect("failed to run dd");
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(!output.status.success(), "dd must fail on a full tree: {stderr}");
+    assert!(
+        !output.status.success(),
+        "dd must fail on a full tree: {stderr}"
+    );
     assert!(
         stderr.contains("No space left on device"),
         "dd must report ENOSPC: {stderr}"
@@ -55,7 +68,11 @@ fn local_enospc_reaches_dd_and_nothing_is_lost() {
 
     // Deleting frees space and is still recorded, and what was written stays.
     fs::remove_file(mount.path().join("big.bin")).unwrap();
-    fs::write(mount.path().join("after.txt"), b"written after space returned").unwrap();
+    fs::write(
+        mount.path().join("after.txt"),
+        b"written after space returned",
+    )
+    .unwrap();
     assert_eq!(
         fs::read(mount.path().join("before.txt")).unwrap(),
         b"written before the disk filled"
