@@ -80,15 +80,36 @@ impl Mount {
     /// `extra_args` contains no `--mode`, its value is passed as `--mode`, so
     /// the whole suite can run in `sync` or `async` mode.
     pub fn start_with_args(extra_args: &[&str]) -> Mount {
+        Mount::start_over(None, None, extra_args)
+    }
+
+    /// Mounts dualfs over the given local and remote directories (fresh temporary ones where
+    /// `None`), for tests that put a fault-injecting filesystem under one of them.
+    pub fn start_over(local: Option<&Path>, remote: Option<&Path>, extra_args: &[&str]) -> Mount {
         let root = tempfile::Builder::new()
             .prefix("dualfs-test-")
             .tempdir()
             .expect("failed to create a temporary directory for the mount");
         let root_path = canonical(root.path());
-        let local = root_path.join("local");
-        let remote = root_path.join("remote");
         let mountpoint = root_path.join("mnt");
-        for dir in [&local, &remote, &mountpoint] {
+        let mut fresh = vec![&mountpoint];
+        let own_local = root_path.join("local");
+        let own_remote = root_path.join("remote");
+        let local = match local {
+            Some(dir) => dir.to_path_buf(),
+            None => {
+                fresh.push(&own_local);
+                own_local.clone()
+            }
+        };
+        let remote = match remote {
+            Some(dir) => dir.to_path_buf(),
+            None => {
+                fresh.push(&own_remote);
+                own_remote.clone()
+            }
+        };
+        for dir in fresh {
             fs::create_dir(dir)
                 .unwrap_or_else(|e| panic!("failed to create {}: {e}", dir.display()));
         }
