@@ -159,3 +159,78 @@ fn fsx_full_featured_run_matches_remote() {
         "remote after fsx",
     );
 }
+
+/// The stress-ng 0.15 filesystem stressors run on the mount, each with `--verify`.
+const STRESSORS: &[&str] = &[
+    "hdd",
+    "dir",
+    "dentry",
+    "link",
+    "symlink",
+    "rename",
+    "open",
+    "fallocate",
+    "fstat",
+    "xattr",
+    "lockf",
+    "flock",
+    "utime",
+    "chmod",
+    "chown",
+    "filename",
+    "iomix",
+    "mknod",
+    "fpunch",
+    "getdent",
+    "mmap",
+];
+
+#[test]
+fn stress_ng_filesystem_stressors_pass() {
+    require_program("stress-ng", "stress-ng");
+    let seconds: u64 = std::env::var("DUALFS_STRESS_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(4);
+    let mut mount = Mount::start_with_args(&["--allow-other"]);
+
+    let mut failures = Vec::new();
+    for stressor in STRESSORS {
+        let output = Command::new("stress-ng")
+            .arg(format!("--{stressor}"))
+            .arg("2")
+            .arg("--verify")
+            .arg("--timeout")
+            .arg(format!("{seconds}s"))
+            .arg("--temp-path")
+            .arg(mount.path())
+            .output()
+            .expect("failed to start stress-ng");
+        let log = format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        // stress-ng 0.15 exits 0 even when a stressor reports a failure, so its log counts.
+        let failed_lines: Vec<&str> = log.lines().filter(|l| l.contains(" fail: ")).collect();
+        if !output.status.success() || !failed_lines.is_empty() {
+            failures.push(format!(
+                "{stressor}: exit {}, {}",
+                output.status,
+                failed_lines.join(" | ")
+            ));
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "stress-ng stressors failed on the mount:\n{}",
+        failures.join("\n")
+    );
+
+    mount.wait_synced();
+    mount.unmount();
+    assert_no_differences(
+        &compare_trees(mount.local(), mount.remote()),
+        "remote after stress-ng",
+    );
+}

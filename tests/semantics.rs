@@ -445,3 +445,26 @@ fn hydrate_copies_remote_file_on_open() {
     mount.unmount();
     assert_no_differences(&compare_trees(mount.local(), mount.remote()), "remote");
 }
+
+#[test]
+fn fstat_of_unlinked_open_file() {
+    let mount = Mount::start();
+    let path = mount.path().join("scratch");
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .read(true)
+        .write(true)
+        .open(&path)
+        .unwrap();
+    fs::remove_file(&path).unwrap();
+
+    // The kernel asks for the attributes of an unlinked file without its handle.
+    let metadata = file.metadata().unwrap();
+    assert_eq!(metadata.nlink(), 0, "an unlinked file has no links");
+    file.write_all_at(b"still usable", 0).unwrap();
+    let mut buf = [0u8; 12];
+    file.read_exact_at(&mut buf, 0).unwrap();
+    assert_eq!(&buf, b"still usable");
+    assert_eq!(file.metadata().unwrap().len(), 12);
+}
