@@ -107,6 +107,10 @@ pub struct MountArgs {
     #[arg(long)]
     pub no_mirror_owner: bool,
 
+    /// Address for /metrics (Prometheus), /healthz and /readyz; `off` disables them.
+    #[arg(long, default_value = "127.0.0.1:9464", value_name = "ADDR:PORT|off")]
+    pub metrics_addr: String,
+
     /// On unmount, how long to wait for queued changes to reach the remote before exiting.
     #[arg(long, value_parser = parse_duration, default_value = "60s", value_name = "DURATION")]
     pub drain_timeout: Duration,

@@ -4,6 +4,7 @@
 pub mod backend;
 pub mod cli;
 pub mod fs;
+pub mod metrics;
 pub mod mount;
 pub mod replication;
 pub mod status;

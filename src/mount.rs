@@ -18,6 +18,7 @@ use crate::backend::{Backend, Side};
 use crate::cli::MountArgs;
 use crate::fs::fuse::FuseAdapter;
 use crate::fs::{DualFs, FsConfig};
+use crate::metrics::{Metrics, Snapshot};
 use crate::replication::{Op, OpKind, ReplicationConfig, Replicator};
 use crate::STATE_DIR;
 
@@ -294,15 +295,42 @@ pub fn run(args: MountArgs) -> Result<ExitCode> {
         },
     );
 
+    let metrics = Arc::new(Metrics::new());
+    let cache_stats = fs.cache_stats_source();
+    let source = replicator.clone();
+    metrics.set_source(move || {
+        let summary = source.summary();
+        let cache = cache_stats();
+        Snapshot {
+            queue_ops: summary.ops as u64,
+            queue_bytes: summary.bytes,
+            oldest_pending: summary.oldest_age,
+            health: Some(source.health()),
+            cache_hits: cache.hits,
+            cache_misses: cache.misses,
+        }
+    });
+    if args.metrics_addr != "off" {
+        let addr = args.metrics_addr.parse().map_err(|err| {
+            anyhow::anyhow!(
+                "invalid --metrics-addr {:?}: {err}; use ADDRESS:PORT such as 127.0.0.1:9464, or off",
+                args.metrics_addr
+            )
+        })?;
+        crate::metrics::serve(addr, metrics.clone(), paths.mountpoint.clone())?;
+    }
+
     let fd = mount_fuse(&paths.local, &paths.mountpoint, args.allow_other)?;
     let config = fuse_config(&args);
-    let session = match fuser::Session::from_fd(FuseAdapter::new(fs), fd, config.acl, config) {
+    let adapter = FuseAdapter::new(fs, metrics.clone());
+    let session = match fuser::Session::from_fd(adapter, fd, config.acl, config) {
         Ok(session) => session,
         Err(err) => {
             unmount(&paths.mountpoint);
             return Err(err).context("the FUSE handshake with the kernel failed");
         }
     };
+    metrics.set_ready();
     tracing::info!(
         local = %paths.local.display(),
         remote = %paths.remote.display(),

@@ -13,19 +13,23 @@ use fuser::{
 };
 use nix::errno::Errno;
 
+use std::sync::Arc;
+
 use super::namespace::SetAttr;
 use super::{Caller, DualFs, Entry};
+use crate::metrics::Metrics;
 
 /// Largest write the kernel may send in one request (the kernel caps it at 1 MiB).
 const MAX_WRITE: u32 = 1 << 20;
 
 pub struct FuseAdapter {
     fs: DualFs,
+    metrics: Arc<Metrics>,
 }
 
 impl FuseAdapter {
-    pub fn new(fs: DualFs) -> FuseAdapter {
-        FuseAdapter { fs }
+    pub fn new(fs: DualFs, metrics: Arc<Metrics>) -> FuseAdapter {
+        FuseAdapter { fs, metrics }
     }
 
     fn entry_ttl(&self) -> Duration {
@@ -36,6 +40,30 @@ impl FuseAdapter {
         self.fs.config().attr_ttl
     }
 
+    /// Converts an error for the reply and counts it.
+    fn errno_of(&self, errno: Errno) -> FuseErrno {
+        self.metrics.record_error(errno as i32);
+        FuseErrno::from_i32(errno as i32)
+    }
+
+    fn reply_empty(&self, reply: ReplyEmpty, result: Result<(), Errno>) {
+        match result {
+            Ok(()) => reply.ok(),
+            Err(errno) => reply.error(self.errno_of(errno)),
+        }
+    }
+
+    /// Answers a getxattr or listxattr request: its size when asked for 0 bytes, the value
+    /// when it fits, ERANGE when it does not.
+    fn reply_xattr(&self, reply: ReplyXattr, size: u32, result: Result<Vec<u8>, Errno>) {
+        match result {
+            Ok(value) if size == 0 => reply.size(value.len() as u32),
+            Ok(value) if value.len() <= size as usize => reply.data(&value),
+            Ok(_) => reply.error(self.errno_of(Errno::ERANGE)),
+            Err(errno) => reply.error(self.errno_of(errno)),
+        }
+    }
+
     fn reply_entry(&self, reply: ReplyEntry, result: Result<Entry, Errno>) {
         match result {
             Ok(entry) => reply.entry_with_ttls(
@@ -44,37 +72,15 @@ impl FuseAdapter {
                 &entry.attr,
                 Generation(0),
             ),
-            Err(errno) => reply.error(errno_of(errno)),
+            Err(errno) => reply.error(self.errno_of(errno)),
         }
     }
-}
-
-fn errno_of(errno: Errno) -> FuseErrno {
-    FuseErrno::from_i32(errno as i32)
 }
 
 fn caller(req: &Request) -> Caller {
     Caller {
         uid: req.uid(),
         gid: req.gid(),
-    }
-}
-
-fn reply_empty(reply: ReplyEmpty, result: Result<(), Errno>) {
-    match result {
-        Ok(()) => reply.ok(),
-        Err(errno) => reply.error(errno_of(errno)),
-    }
-}
-
-/// Answers a getxattr or listxattr request: its size when asked for 0 bytes, the value when
-/// it fits, ERANGE when it does not.
-fn reply_xattr(reply: ReplyXattr, size: u32, result: Result<Vec<u8>, Errno>) {
-    match result {
-        Ok(value) if size == 0 => reply.size(value.len() as u32),
-        Ok(value) if value.len() <= size as usize => reply.data(&value),
-        Ok(_) => reply.error(FuseErrno::ERANGE),
-        Err(errno) => reply.error(errno_of(errno)),
     }
 }
 
@@ -93,6 +99,7 @@ impl Filesystem for FuseAdapter {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        let _timer = self.metrics.time("lookup");
         self.reply_entry(reply, self.fs.lookup(parent.0, name));
     }
 
@@ -101,9 +108,10 @@ impl Filesystem for FuseAdapter {
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
+        let _timer = self.metrics.time("getattr");
         match self.fs.getattr(ino.0, fh.map(|fh| fh.0)) {
             Ok(attr) => reply.attr(&self.attr_ttl(), &attr),
-            Err(errno) => reply.error(errno_of(errno)),
+            Err(errno) => reply.error(self.errno_of(errno)),
         }
     }
 
@@ -125,6 +133,7 @@ impl Filesystem for FuseAdapter {
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
+        let _timer = self.metrics.time("setattr");
         let change = SetAttr {
             mode,
             uid,
@@ -135,14 +144,15 @@ impl Filesystem for FuseAdapter {
         };
         match self.fs.setattr(ino.0, fh.map(|fh| fh.0), change) {
             Ok(attr) => reply.attr(&self.attr_ttl(), &attr),
-            Err(errno) => reply.error(errno_of(errno)),
+            Err(errno) => reply.error(self.errno_of(errno)),
         }
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        let _timer = self.metrics.time("readlink");
         match self.fs.readlink(ino.0) {
             Ok(target) => reply.data(&target),
-            Err(errno) => reply.error(errno_of(errno)),
+            Err(errno) => reply.error(self.errno_of(errno)),
         }
     }
 
@@ -156,6 +166,7 @@ impl Filesystem for FuseAdapter {
         rdev: u32,
         reply: ReplyEntry,
     ) {
+        let _timer = self.metrics.time("mknod");
         let result = self.fs.mknod(parent.0, name, mode, rdev, caller(req));
         self.reply_entry(reply, result);
     }
@@ -169,16 +180,19 @@ impl Filesystem for FuseAdapter {
         _umask: u32,
         reply: ReplyEntry,
     ) {
+        let _timer = self.metrics.time("mkdir");
         let result = self.fs.mkdir(parent.0, name, mode, caller(req));
         self.reply_entry(reply, result);
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        reply_empty(reply, self.fs.unlink(parent.0, name));
+        let _timer = self.metrics.time("unlink");
+        self.reply_empty(reply, self.fs.unlink(parent.0, name));
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        reply_empty(reply, self.fs.rmdir(parent.0, name));
+        let _timer = self.metrics.time("rmdir");
+        self.reply_empty(reply, self.fs.rmdir(parent.0, name));
     }
 
     fn symlink(
@@ -189,6 +203,7 @@ impl Filesystem for FuseAdapter {
         target: &Path,
         reply: ReplyEntry,
     ) {
+        let _timer = self.metrics.time("symlink");
         let result = self
             .fs
             .symlink(parent.0, link_name, target.as_os_str(), caller(req));
@@ -205,10 +220,11 @@ impl Filesystem for FuseAdapter {
         flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
+        let _timer = self.metrics.time("rename");
         let result = self
             .fs
             .rename(parent.0, name, newparent.0, newname, flags.bits());
-        reply_empty(reply, result);
+        self.reply_empty(reply, result);
     }
 
     fn link(
@@ -219,13 +235,15 @@ impl Filesystem for FuseAdapter {
         newname: &OsStr,
         reply: ReplyEntry,
     ) {
+        let _timer = self.metrics.time("link");
         self.reply_entry(reply, self.fs.link(ino.0, newparent.0, newname));
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        let _timer = self.metrics.time("open");
         match self.fs.open(ino.0, flags.0) {
             Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
-            Err(errno) => reply.error(errno_of(errno)),
+            Err(errno) => reply.error(self.errno_of(errno)),
         }
     }
 
@@ -240,9 +258,10 @@ impl Filesystem for FuseAdapter {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
+        let _timer = self.metrics.time("read");
         match self.fs.read(fh.0, offset, size) {
             Ok(data) => reply.data(&data),
-            Err(errno) => reply.error(errno_of(errno)),
+            Err(errno) => reply.error(self.errno_of(errno)),
         }
     }
 
@@ -258,9 +277,10 @@ impl Filesystem for FuseAdapter {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
+        let _timer = self.metrics.time("write");
         match self.fs.write(fh.0, offset, data) {
             Ok(written) => reply.written(written),
-            Err(errno) => reply.error(errno_of(errno)),
+            Err(errno) => reply.error(self.errno_of(errno)),
         }
     }
 
@@ -272,6 +292,7 @@ impl Filesystem for FuseAdapter {
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
+        let _timer = self.metrics.time("flush");
         // Writes reach the local file synchronously, so there is nothing left to flush.
         reply.ok();
     }
@@ -286,6 +307,7 @@ impl Filesystem for FuseAdapter {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
+        let _timer = self.metrics.time("release");
         self.fs.release(fh.0);
         reply.ok();
     }
@@ -298,13 +320,15 @@ impl Filesystem for FuseAdapter {
         datasync: bool,
         reply: ReplyEmpty,
     ) {
-        reply_empty(reply, self.fs.fsync(fh.0, datasync));
+        let _timer = self.metrics.time("fsync");
+        self.reply_empty(reply, self.fs.fsync(fh.0, datasync));
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        let _timer = self.metrics.time("opendir");
         match self.fs.opendir(ino.0) {
             Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
-            Err(errno) => reply.error(errno_of(errno)),
+            Err(errno) => reply.error(self.errno_of(errno)),
         }
     }
 
@@ -316,9 +340,10 @@ impl Filesystem for FuseAdapter {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
+        let _timer = self.metrics.time("readdir");
         let listing = match self.fs.listing(fh.0) {
             Ok(listing) => listing,
-            Err(errno) => return reply.error(errno_of(errno)),
+            Err(errno) => return reply.error(self.errno_of(errno)),
         };
         for (index, entry) in listing.entries.iter().enumerate().skip(offset as usize) {
             let next_offset = index as u64 + 1;
@@ -337,9 +362,10 @@ impl Filesystem for FuseAdapter {
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
+        let _timer = self.metrics.time("readdirplus");
         let listing = match self.fs.listing(fh.0) {
             Ok(listing) => listing,
-            Err(errno) => return reply.error(errno_of(errno)),
+            Err(errno) => return reply.error(self.errno_of(errno)),
         };
         for (index, listed) in listing.entries.iter().enumerate().skip(offset as usize) {
             let next_offset = index as u64 + 1;
@@ -385,6 +411,7 @@ impl Filesystem for FuseAdapter {
         _flags: OpenFlags,
         reply: ReplyEmpty,
     ) {
+        let _timer = self.metrics.time("releasedir");
         self.fs.releasedir(fh.0);
         reply.ok();
     }
@@ -397,10 +424,12 @@ impl Filesystem for FuseAdapter {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
+        let _timer = self.metrics.time("fsyncdir");
         reply.ok();
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        let _timer = self.metrics.time("statfs");
         match self.fs.statfs() {
             Ok(st) => reply.statfs(
                 st.f_blocks,
@@ -412,7 +441,7 @@ impl Filesystem for FuseAdapter {
                 st.f_namemax as u32,
                 st.f_frsize as u32,
             ),
-            Err(errno) => reply.error(errno_of(errno)),
+            Err(errno) => reply.error(self.errno_of(errno)),
         }
     }
 
@@ -426,24 +455,29 @@ impl Filesystem for FuseAdapter {
         _position: u32,
         reply: ReplyEmpty,
     ) {
-        reply_empty(reply, self.fs.setxattr(ino.0, name, value, flags));
+        let _timer = self.metrics.time("setxattr");
+        self.reply_empty(reply, self.fs.setxattr(ino.0, name, value, flags));
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
-        reply_xattr(reply, size, self.fs.getxattr(ino.0, name));
+        let _timer = self.metrics.time("getxattr");
+        self.reply_xattr(reply, size, self.fs.getxattr(ino.0, name));
     }
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
-        reply_xattr(reply, size, self.fs.listxattr(ino.0));
+        let _timer = self.metrics.time("listxattr");
+        self.reply_xattr(reply, size, self.fs.listxattr(ino.0));
     }
 
     fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        reply_empty(reply, self.fs.removexattr(ino.0, name));
+        let _timer = self.metrics.time("removexattr");
+        self.reply_empty(reply, self.fs.removexattr(ino.0, name));
     }
 
     fn access(&self, _req: &Request, ino: INodeNo, _mask: AccessFlags, reply: ReplyEmpty) {
+        let _timer = self.metrics.time("access");
         // Permission checks are the kernel's (default_permissions); only existence is ours.
-        reply_empty(reply, self.fs.access(ino.0));
+        self.reply_empty(reply, self.fs.access(ino.0));
     }
 
     fn create(
@@ -456,6 +490,7 @@ impl Filesystem for FuseAdapter {
         flags: i32,
         reply: ReplyCreate,
     ) {
+        let _timer = self.metrics.time("create");
         match self.fs.create(parent.0, name, mode, flags, caller(req)) {
             Ok((entry, fh)) => reply.created(
                 &self.entry_ttl(),
@@ -464,7 +499,7 @@ impl Filesystem for FuseAdapter {
                 FileHandle(fh),
                 FopenFlags::empty(),
             ),
-            Err(errno) => reply.error(errno_of(errno)),
+            Err(errno) => reply.error(self.errno_of(errno)),
         }
     }
 
@@ -478,7 +513,8 @@ impl Filesystem for FuseAdapter {
         mode: i32,
         reply: ReplyEmpty,
     ) {
-        reply_empty(reply, self.fs.fallocate(fh.0, offset, length, mode));
+        let _timer = self.metrics.time("fallocate");
+        self.reply_empty(reply, self.fs.fallocate(fh.0, offset, length, mode));
     }
 
     fn lseek(
@@ -490,9 +526,10 @@ impl Filesystem for FuseAdapter {
         whence: i32,
         reply: ReplyLseek,
     ) {
+        let _timer = self.metrics.time("lseek");
         match self.fs.lseek(fh.0, offset, whence) {
             Ok(offset) => reply.offset(offset),
-            Err(errno) => reply.error(errno_of(errno)),
+            Err(errno) => reply.error(self.errno_of(errno)),
         }
     }
 
@@ -509,12 +546,13 @@ impl Filesystem for FuseAdapter {
         _flags: CopyFileRangeFlags,
         reply: ReplyWrite,
     ) {
+        let _timer = self.metrics.time("copy_file_range");
         match self
             .fs
             .copy_file_range(fh_in.0, offset_in, fh_out.0, offset_out, len)
         {
             Ok(written) => reply.written(written),
-            Err(errno) => reply.error(errno_of(errno)),
+            Err(errno) => reply.error(self.errno_of(errno)),
         }
     }
 }

@@ -70,7 +70,7 @@ pub struct DualFs {
     remote: Arc<Backend>,
     inodes: Mutex<InodeTable>,
     handles: HandleTable,
-    cache: AttrCache,
+    cache: Arc<AttrCache>,
     replicator: Arc<Replicator>,
     config: FsConfig,
 }
@@ -87,7 +87,7 @@ impl DualFs {
             remote,
             inodes: Mutex::new(InodeTable::new()),
             handles: HandleTable::default(),
-            cache: AttrCache::new(config.cache_size, config.cache_ttl),
+            cache: Arc::new(AttrCache::new(config.cache_size, config.cache_ttl)),
             replicator,
             config,
         }
@@ -99,6 +99,13 @@ impl DualFs {
 
     pub fn cache_stats(&self) -> cache::CacheStats {
         self.cache.stats()
+    }
+
+    /// Returns a function that reads the cache figures later, after the filesystem has moved
+    /// into the FUSE session.
+    pub fn cache_stats_source(&self) -> impl Fn() -> cache::CacheStats + Send + Sync + 'static {
+        let cache = self.cache.clone();
+        move || cache.stats()
     }
 
     /// Returns the path of a node; a node whose every name was removed has none.

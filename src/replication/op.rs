@@ -70,6 +70,15 @@ impl RangeSet {
         &self.ranges
     }
 
+    /// Bytes covered by ranges with a known end; a whole-file copy counts 0.
+    pub fn known_bytes(&self) -> u64 {
+        self.ranges
+            .iter()
+            .filter(|&&(_, e)| e != u64::MAX)
+            .map(|&(s, e)| e - s)
+            .sum()
+    }
+
     /// Bytes covered, with an open-ended range counted up to `file_size`.
     pub fn bytes_within(&self, file_size: u64) -> u64 {
         self.ranges

@@ -71,6 +71,8 @@ struct Inner {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct QueueSummary {
     pub ops: usize,
+    /// Bytes of the queued data ranges with a known end (whole-file copies count 0).
+    pub bytes: u64,
     pub in_flight: usize,
     pub failing: usize,
     pub oldest_age: Duration,
@@ -519,6 +521,14 @@ impl Queue {
         let now = Instant::now();
         QueueSummary {
             ops: inner.entries.len(),
+            bytes: inner
+                .entries
+                .values()
+                .filter_map(|e| match &e.op.kind {
+                    OpKind::Data(ranges) => Some(ranges.known_bytes()),
+                    _ => None,
+                })
+                .sum(),
             in_flight: inner.entries.values().filter(|e| e.in_flight).count(),
             failing: inner
                 .entries

@@ -156,6 +156,14 @@ impl Mount {
         if let (Ok(mode), false) = (std::env::var("DUALFS_TEST_MODE"), mode_given) {
             command.arg("--mode").arg(mode);
         }
+        // Parallel tests must not compete for the default metrics port.
+        let metrics_given = self
+            .extra_args
+            .iter()
+            .any(|arg| arg.starts_with("--metrics-addr"));
+        if !metrics_given {
+            command.arg("--metrics-addr").arg("127.0.0.1:0");
+        }
         command
             .args(&self.extra_args)
             // Plain log lines, because the log is read from a file.
