@@ -4,6 +4,7 @@
 pub mod backend;
 pub mod cli;
 pub mod fs;
+pub mod helper;
 pub mod metrics;
 pub mod mount;
 pub mod replication;

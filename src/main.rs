@@ -9,6 +9,7 @@ fn init_logging(format: LogFormat) {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
@@ -17,6 +18,12 @@ fn init_logging(format: LogFormat) {
 }
 
 fn main() -> ExitCode {
+    // mount(8) and mount.fuse3 call `dualfs SOURCE MOUNTPOINT -o OPTIONS`.
+    let args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
+    if dualfs::helper::is_mount_convention(&args) {
+        return dualfs::helper::run(&args);
+    }
+
     let cli = Cli::parse();
     init_logging(cli.log_format);
 
