@@ -89,6 +89,11 @@ pub struct MountArgs {
     #[arg(long)]
     pub hydrate: bool,
 
+    /// Do not use FUSE passthrough for read-only opens (it needs Linux 6.9 or later and
+    /// CAP_SYS_ADMIN, and is turned off by itself where unavailable).
+    #[arg(long)]
+    pub no_passthrough: bool,
+
     /// Let users other than the one who mounted use the mount (needs root or
     /// user_allow_other in /etc/fuse.conf).
     #[arg(long)]

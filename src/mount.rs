@@ -322,7 +322,7 @@ pub fn run(args: MountArgs) -> Result<ExitCode> {
 
     let fd = mount_fuse(&paths.local, &paths.mountpoint, args.allow_other)?;
     let config = fuse_config(&args);
-    let adapter = FuseAdapter::new(fs, metrics.clone());
+    let adapter = FuseAdapter::new(fs, metrics.clone(), !args.no_passthrough);
     let session = match fuser::Session::from_fd(adapter, fd, config.acl, config) {
         Ok(session) => session,
         Err(err) => {
@@ -351,7 +351,15 @@ pub fn run(args: MountArgs) -> Result<ExitCode> {
             }
         })?;
 
-    let served = session.run();
+    let served = match session.run() {
+        // The kernel aborts the connection when the mount goes away while a reply is in
+        // flight; that is an unmount like any other.
+        Err(err) if err.raw_os_error() == Some(libc::ECONNABORTED) => {
+            tracing::debug!(%err, "FUSE connection closed during unmount");
+            Ok(())
+        }
+        other => other,
+    };
     signal_handle.close();
     let _ = signal_thread.join();
     if let Err(err) = &served {

@@ -16,6 +16,7 @@ use nix::errno::Errno;
 use std::sync::Arc;
 
 use super::namespace::SetAttr;
+use super::passthrough::{Decision, IoModes};
 use super::{Caller, DualFs, Entry};
 use crate::metrics::Metrics;
 
@@ -25,11 +26,23 @@ const MAX_WRITE: u32 = 1 << 20;
 pub struct FuseAdapter {
     fs: DualFs,
     metrics: Arc<Metrics>,
+    io_modes: IoModes,
 }
 
 impl FuseAdapter {
-    pub fn new(fs: DualFs, metrics: Arc<Metrics>) -> FuseAdapter {
-        FuseAdapter { fs, metrics }
+    pub fn new(fs: DualFs, metrics: Arc<Metrics>, passthrough: bool) -> FuseAdapter {
+        FuseAdapter {
+            fs,
+            metrics,
+            io_modes: IoModes::new(passthrough),
+        }
+    }
+
+    fn open_flags(decision: &Decision) -> FopenFlags {
+        match decision {
+            Decision::DirectIo => FopenFlags::FOPEN_DIRECT_IO,
+            _ => FopenFlags::empty(),
+        }
     }
 
     fn entry_ttl(&self) -> Duration {
@@ -86,9 +99,19 @@ fn caller(req: &Request) -> Caller {
 
 impl Filesystem for FuseAdapter {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
-        let wanted = InitFlags::FUSE_DO_READDIRPLUS
+        let mut wanted = InitFlags::FUSE_DO_READDIRPLUS
             | InitFlags::FUSE_READDIRPLUS_AUTO
             | InitFlags::FUSE_PARALLEL_DIROPS;
+        if self.io_modes.is_enabled() {
+            if config.capabilities().contains(InitFlags::FUSE_PASSTHROUGH) {
+                wanted |= InitFlags::FUSE_PASSTHROUGH;
+                // Backing files sit on a plain filesystem, so one level of stacking suffices.
+                let _ = config.set_max_stack_depth(1);
+            } else {
+                self.io_modes
+                    .disable("the kernel does not offer FUSE passthrough (Linux 6.9 or later)");
+            }
+        }
         let supported = wanted & config.capabilities();
         let _ = config.add_capabilities(supported);
         if let Err(nearest) = config.set_max_write(MAX_WRITE) {
@@ -241,9 +264,23 @@ impl Filesystem for FuseAdapter {
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let _timer = self.metrics.time("open");
-        match self.fs.open(ino.0, flags.0) {
-            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
-            Err(errno) => reply.error(self.errno_of(errno)),
+        let fh = match self.fs.open(ino.0, flags.0) {
+            Ok(fh) => fh,
+            Err(errno) => return reply.error(self.errno_of(errno)),
+        };
+        let Some(file) = self.fs.backing_file(fh) else {
+            return reply.opened(FileHandle(fh), FopenFlags::empty());
+        };
+        let read_only =
+            flags.0 & libc::O_ACCMODE == libc::O_RDONLY && flags.0 & libc::O_TRUNC == 0;
+        let decision = self
+            .io_modes
+            .open(fh, ino.0, read_only, || reply.open_backing(&file));
+        match decision {
+            Decision::Passthrough(backing) => {
+                reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), &backing)
+            }
+            other => reply.opened(FileHandle(fh), Self::open_flags(&other)),
         }
     }
 
@@ -308,6 +345,7 @@ impl Filesystem for FuseAdapter {
         reply: ReplyEmpty,
     ) {
         let _timer = self.metrics.time("release");
+        self.io_modes.release(fh.0);
         self.fs.release(fh.0);
         reply.ok();
     }
@@ -492,13 +530,18 @@ impl Filesystem for FuseAdapter {
     ) {
         let _timer = self.metrics.time("create");
         match self.fs.create(parent.0, name, mode, flags, caller(req)) {
-            Ok((entry, fh)) => reply.created(
-                &self.entry_ttl(),
-                &entry.attr,
-                Generation(0),
-                FileHandle(fh),
-                FopenFlags::empty(),
-            ),
+            Ok((entry, fh)) => {
+                let decision = self.io_modes.open(fh, entry.id, false, || {
+                    Err(std::io::Error::other("a created file is never passthrough"))
+                });
+                reply.created(
+                    &self.entry_ttl(),
+                    &entry.attr,
+                    Generation(0),
+                    FileHandle(fh),
+                    Self::open_flags(&decision),
+                )
+            }
             Err(errno) => reply.error(self.errno_of(errno)),
         }
     }

@@ -13,6 +13,7 @@ mod handles;
 pub mod inode;
 mod io;
 mod namespace;
+pub mod passthrough;
 pub mod xattr;
 
 use std::ffi::OsStr;
@@ -300,6 +301,16 @@ impl DualFs {
             offset += n as u64;
         }
         Ok(())
+    }
+
+    /// Returns a duplicate of the descriptor of an open local file, for registering it as a
+    /// passthrough backing file; remote-side handles have none.
+    pub fn backing_file(&self, fh: u64) -> Option<std::fs::File> {
+        let handle = self.handles.file(fh)?;
+        if handle.side != Side::Local {
+            return None;
+        }
+        handle.file.try_clone().ok()
     }
 
     pub fn statfs(&self) -> FsResult<libc::statvfs> {
