@@ -2,7 +2,7 @@
 # Installs the Debian packages that dualfs's demo and tests use, when any is missing.
 set -euo pipefail
 
-packages=(fuse3 attr rsync sqlite3 git tar gzip xz-utils coreutils findutils procps stress-ng)
+packages=(fuse3 attr rsync sqlite3 git tar gzip xz-utils coreutils findutils procps stress-ng python3 python3-venv)
 missing=()
 for package in "${packages[@]}"; do
     if ! dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed"; then

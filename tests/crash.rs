@@ -202,3 +202,34 @@ fn kill_during_write_storm_loses_nothing() {
         &format!("remote after {rounds} crashes (seed {seed})"),
     );
 }
+
+#[test]
+fn incompatible_journal_rejected_at_mount() {
+    let dirs = tempfile::tempdir().unwrap();
+    let local = dirs.path().join("local");
+    let journal = local.join(".dualfs/journal");
+    fs::create_dir_all(&journal).unwrap();
+    fs::create_dir(dirs.path().join("remote")).unwrap();
+    fs::create_dir(dirs.path().join("mnt")).unwrap();
+    // A segment header from a future format: magic, version 99, kind 0.
+    let mut header = b"DUALFSJR".to_vec();
+    header.extend_from_slice(&99u32.to_le_bytes());
+    header.push(0);
+    fs::write(journal.join("journal-0000000000000001"), header).unwrap();
+
+    let output = Command::new(common::dualfs_binary())
+        .arg("mount")
+        .arg("--local")
+        .arg(&local)
+        .arg("--remote")
+        .arg(dirs.path().join("remote"))
+        .arg(dirs.path().join("mnt"))
+        .args(["--metrics-addr", "off"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "mount must fail: {stderr}");
+    assert!(stderr.contains("incompatible"), "{stderr}");
+    assert!(stderr.contains("format 99"), "{stderr}");
+    assert!(common::mount_fs_type(&dirs.path().join("mnt")).is_none());
+}

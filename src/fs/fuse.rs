@@ -271,8 +271,7 @@ impl Filesystem for FuseAdapter {
         let Some(file) = self.fs.backing_file(fh) else {
             return reply.opened(FileHandle(fh), FopenFlags::empty());
         };
-        let read_only =
-            flags.0 & libc::O_ACCMODE == libc::O_RDONLY && flags.0 & libc::O_TRUNC == 0;
+        let read_only = flags.0 & libc::O_ACCMODE == libc::O_RDONLY && flags.0 & libc::O_TRUNC == 0;
         let decision = self
             .io_modes
             .open(fh, ino.0, read_only, || reply.open_backing(&file));

@@ -157,8 +157,14 @@ mod tests {
     #[test]
     fn writer_with_cached_readers_stays_cached() {
         let modes = IoModes::new(false);
-        assert!(matches!(modes.open(1, 7, true, no_backing), Decision::Cached));
-        assert!(matches!(modes.open(2, 7, false, no_backing), Decision::Cached));
+        assert!(matches!(
+            modes.open(1, 7, true, no_backing),
+            Decision::Cached
+        ));
+        assert!(matches!(
+            modes.open(2, 7, false, no_backing),
+            Decision::Cached
+        ));
         modes.release(1);
         modes.release(2);
         assert!(modes.inodes.lock().is_empty());
@@ -167,14 +173,20 @@ mod tests {
     #[test]
     fn failed_backing_disables_passthrough() {
         let modes = IoModes::new(true);
-        assert!(matches!(modes.open(1, 7, true, no_backing), Decision::Cached));
+        assert!(matches!(
+            modes.open(1, 7, true, no_backing),
+            Decision::Cached
+        ));
         assert!(!modes.is_enabled());
     }
 
     #[test]
     fn reader_after_cached_writer_is_cached() {
         let modes = IoModes::new(true);
-        assert!(matches!(modes.open(1, 7, false, no_backing), Decision::Cached));
+        assert!(matches!(
+            modes.open(1, 7, false, no_backing),
+            Decision::Cached
+        ));
         // The backing callback must not even be tried while a cached open exists.
         let decision = modes.open(2, 7, true, || panic!("no passthrough while cached"));
         assert!(matches!(decision, Decision::Cached));
