@@ -38,6 +38,19 @@ pub enum Command {
     Verify(VerifyArgs),
     /// Repair the remote tree from the local tree (the daemon must not be running).
     Resync(VerifyArgs),
+    /// Unmount a dualfs mount and wait until its daemon has drained its queue and exited
+    /// (for a Kubernetes preStop hook).
+    Unmount(UnmountArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct UnmountArgs {
+    /// The mount point.
+    pub path: PathBuf,
+
+    /// How long to wait for the daemon to exit.
+    #[arg(long, value_parser = parse_duration, default_value = "120s", value_name = "DURATION")]
+    pub timeout: Duration,
 }
 
 fn parse_duration(value: &str) -> Result<Duration, String> {

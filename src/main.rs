@@ -32,6 +32,7 @@ fn main() -> ExitCode {
         Command::Status(args) => dualfs::status::run(args),
         Command::Verify(args) => dualfs::verify::run_verify(args),
         Command::Resync(args) => dualfs::verify::run_resync(args),
+        Command::Unmount(args) => dualfs::mount::run_unmount(args),
     };
     match result {
         Ok(code) => code,

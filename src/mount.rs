@@ -171,6 +171,42 @@ fn mount_fuse(local: &Path, mountpoint: &Path, allow_other: bool) -> Result<Owne
     Ok(fd)
 }
 
+/// `dualfs unmount`: unmounts a dualfs mount and waits until its daemon has drained its queue
+/// and exited (it then releases the lock of its local tree).
+pub fn run_unmount(args: crate::cli::UnmountArgs) -> Result<ExitCode> {
+    let absolute = std::path::absolute(&args.path)?;
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo")?;
+    let source = mountinfo.lines().find_map(|line| {
+        let fields: Vec<&str> = line.split(' ').collect();
+        let separator = fields.iter().position(|f| *f == "-")?;
+        let point = fields.get(4)?.replace("\\040", " ");
+        let is_dualfs = fields.get(separator + 1) == Some(&"fuse.dualfs");
+        (Path::new(&point) == absolute && is_dualfs)
+            .then(|| fields.get(separator + 2).map(|s| s.replace("\\040", " ")))?
+    });
+    let Some(source) = source else {
+        bail!("{} is not a dualfs mount point", absolute.display());
+    };
+    let local = PathBuf::from(source.trim_start_matches("dualfs:"));
+
+    unmount(&absolute);
+    let deadline = std::time::Instant::now() + args.timeout;
+    loop {
+        if lock_local_tree(&local).is_ok() {
+            eprintln!("unmounted {}; the daemon has exited", absolute.display());
+            return Ok(ExitCode::SUCCESS);
+        }
+        if std::time::Instant::now() > deadline {
+            bail!(
+                "unmounted {}, but its daemon was still draining its queue after {:?}; it keeps the rest in its journal",
+                absolute.display(),
+                args.timeout
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
 /// Unmounts, falling back to a lazy detach while files are still open.
 fn unmount(mountpoint: &Path) {
     let Ok(c_path) = CString::new(mountpoint.as_os_str().as_bytes()) else {
@@ -339,15 +375,20 @@ pub fn run(args: MountArgs) -> Result<ExitCode> {
         "mounted"
     );
 
+    // The handler stays installed until the process exits, so a signal that arrives while
+    // the queue drains after an unmount does not kill the daemon mid-write.
     let mut signals = Signals::new([SIGINT, SIGTERM]).context("cannot install signal handlers")?;
-    let signal_handle = signals.handle();
     let mountpoint = paths.mountpoint.clone();
-    let signal_thread = std::thread::Builder::new()
+    std::thread::Builder::new()
         .name("signals".into())
         .spawn(move || {
-            if let Some(signal) = signals.forever().next() {
+            let mut signals = signals.forever();
+            if let Some(signal) = signals.next() {
                 tracing::info!(signal, "unmounting on signal");
                 unmount(&mountpoint);
+            }
+            for signal in signals {
+                tracing::info!(signal, "already unmounting; still draining the queue");
             }
         })?;
 
@@ -360,8 +401,6 @@ pub fn run(args: MountArgs) -> Result<ExitCode> {
         }
         other => other,
     };
-    signal_handle.close();
-    let _ = signal_thread.join();
     if let Err(err) = &served {
         tracing::error!(%err, "FUSE session ended with an error");
     }

@@ -213,3 +213,42 @@ fn missing_backing_fails_with_mount_failure_code() {
     );
     assert!(mount_fs_type(&dirs.mountpoint).is_none());
 }
+
+#[test]
+fn unmount_command_waits_for_the_daemon() {
+    let dirs = Dirs::new();
+    let output = mount_command()
+        .args(["-t", "fuse.dualfs"])
+        .arg(dirs.source())
+        .arg(&dirs.mountpoint)
+        .args(["-o", "mode=async,metrics_addr=off"])
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "mount: {}", describe(&output));
+    for i in 0..200 {
+        fs::write(dirs.mountpoint.join(format!("f{i}")), vec![7u8; 8192]).unwrap();
+    }
+
+    let output = Command::new(dualfs_binary())
+        .arg("unmount")
+        .arg(&dirs.mountpoint)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "dualfs unmount: {}",
+        describe(&output)
+    );
+    assert!(mount_fs_type(&dirs.mountpoint).is_none());
+    // The daemon drained its queue before it exited, so the remote is complete now.
+    assert_no_differences(&compare_trees(&dirs.local, &dirs.remote), "remote");
+
+    let output = Command::new(dualfs_binary())
+        .arg("unmount")
+        .arg(&dirs.mountpoint)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(stderr.contains("is not a dualfs mount point"), "{stderr}");
+}
