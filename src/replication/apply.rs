@@ -436,7 +436,9 @@ impl Applier<'_> {
                 Err(errno) => return Err(errno).at("remote rename", from),
             }
             self.copy_tree(to)?;
-            return self.copy_tree(from);
+            self.copy_tree(from)?;
+            self.copy_parent_times(from)?;
+            return self.copy_parent_times(to);
         }
 
         match self.remote.rename(from, to, remote_flags) {
@@ -534,7 +536,8 @@ impl Applier<'_> {
     /// and removes remote entries the local tree does not have.
     pub fn copy_tree(&self, path: &Path) -> Result<()> {
         let Some(st) = self.local_stat(path)? else {
-            return self.remove_any(path);
+            self.remove_any(path)?;
+            return self.copy_parent_times(path);
         };
         match file_type(&st) {
             libc::S_IFDIR => {
