@@ -81,6 +81,11 @@ pub struct MountArgs {
     #[arg(long, value_parser = parse_duration, default_value = "5s", value_name = "DURATION")]
     pub remote_timeout: Duration,
 
+    /// In async mode, how long a new change waits for the writes, chmods and time updates that
+    /// usually follow it to join it, saving journal records and remote calls.
+    #[arg(long, value_parser = parse_duration, default_value = "20ms", value_name = "DURATION")]
+    pub coalesce_window: Duration,
+
     /// How long the kernel may cache name lookups.
     #[arg(long, value_parser = parse_duration, default_value = "1s", value_name = "DURATION")]
     pub entry_ttl: Duration,

@@ -308,6 +308,7 @@ pub fn run(args: MountArgs) -> Result<ExitCode> {
             workers: args.workers as usize,
             mirror_owner: !args.no_mirror_owner,
             remote_call_threads: args.threads as usize * 2,
+            coalesce_window: args.coalesce_window,
         },
         &paths.local.join(STATE_DIR).join("journal"),
     )?);

@@ -46,6 +46,8 @@ pub struct ReplicationConfig {
     pub mirror_owner: bool,
     /// Threads for remote lookups, listings and reads made on behalf of FUSE requests.
     pub remote_call_threads: usize,
+    /// In async mode, how long a fresh state transfer waits for following changes to join it.
+    pub coalesce_window: Duration,
 }
 
 /// How often the monitor looks for hung remote applies and probes a down remote.
@@ -82,6 +84,10 @@ impl Replicator {
     ) -> Result<Replicator, JournalError> {
         let (journal, replay) = Journal::open(journal_dir)?;
         let queue = Arc::new(Queue::with_journal(journal.clone(), replay.next_seq));
+        // In sync mode every call waits for its remote apply, so nothing may wait on purpose.
+        if config.mode == Mode::Async {
+            queue.set_coalesce_window(config.coalesce_window);
+        }
         let replayed = replay.pending.len();
         for (seq, op) in replay.pending {
             queue.restore(seq, op);

@@ -59,6 +59,10 @@ struct Entry {
 
 #[derive(Default)]
 struct Inner {
+    /// How long a fresh state transfer waits before it may run, so that the writes, chmods
+    /// and utimes that usually follow a create join it instead of each costing a journal
+    /// record and a remote call.
+    coalesce_window: Duration,
     entries: BTreeMap<u64, Entry>,
     journal: Option<Arc<Journal>>,
     /// Sequence numbers of the queued operations that touch each exact path, oldest first.
@@ -265,6 +269,11 @@ impl Queue {
         queue
     }
 
+    /// Sets how long fresh state transfers wait for more changes to join them.
+    pub fn set_coalesce_window(&self, window: Duration) {
+        self.inner.lock().coalesce_window = window;
+    }
+
     /// Queues again an operation replayed from the journal, under its original number.
     pub fn restore(&self, seq: u64, op: Op) {
         let mut inner = self.inner.lock();
@@ -314,11 +323,20 @@ impl Queue {
     pub fn commit(&self, begun: Begun) -> Ticket {
         let (tx, rx) = crossbeam_channel::bounded(1);
         let mut inner = self.inner.lock();
+        let window = inner.coalesce_window;
         let rename = inner.entries.get_mut(&begun.seq).and_then(|entry| {
             if begun.joined {
                 entry.pins = entry.pins.saturating_sub(1);
             } else {
                 entry.held = false;
+                if !window.is_zero()
+                    && matches!(
+                        entry.op.kind,
+                        OpKind::Data(_) | OpKind::Attr | OpKind::Xattr(_)
+                    )
+                {
+                    entry.retry_at = Some(Instant::now() + window);
+                }
             }
             entry.waiters.push(tx);
             match &entry.op.kind {
@@ -719,6 +737,29 @@ mod tests {
             "rename",
             "the pending copy of tmp moved after the rename"
         );
+    }
+
+    #[test]
+    fn coalesce_window_lets_following_writes_join() {
+        let queue = Queue::new();
+        queue.set_coalesce_window(Duration::from_millis(50));
+        queue.push(data("f", 0, 10));
+        let begun = queue.begin(data("f", 10, 10));
+        assert!(
+            begun.joined,
+            "a write within the window joins the queued copy"
+        );
+        queue.commit(begun);
+        queue.push(Op::new("f", OpKind::Attr));
+        assert_eq!(queue.summary().ops, 1);
+
+        let started = Instant::now();
+        let (_, op) = queue.next().unwrap();
+        assert!(
+            started.elapsed() >= Duration::from_millis(20),
+            "dispatched before the window"
+        );
+        assert_eq!(op.kind, OpKind::Data(RangeSet::single(0, 20)));
     }
 
     #[test]
