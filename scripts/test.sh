@@ -11,6 +11,8 @@ if [[ $EUID -ne 0 ]]; then
 fi
 
 export PATH="${CARGO_HOME:-$HOME/.cargo}/bin:$PATH"
+# The mount(8) tests run the helper binary, which cargo test does not build for them.
+cargo build --release -p mount-helper
 cargo test --release --workspace --all-targets
 
 # The default mode is sync; async mode lets writers race ahead of the remote, which is where
