@@ -35,7 +35,7 @@ use inode::{InodeTable, ROOT};
 
 pub type FsResult<T> = Result<T, Errno>;
 
-/// Longest name a directory entry may have on the backings we support (NAME_MAX).
+/// Maximum length of a directory entry name on Linux filesystems (NAME_MAX).
 const NAME_MAX: usize = 255;
 
 #[derive(Clone, Debug)]
@@ -135,7 +135,7 @@ impl DualFs {
         Ok(path)
     }
 
-    /// Finds which tree holds `path` and its attributes, local first.
+    /// Resolves `path` to the tree that contains it and its attributes, local first.
     fn resolve(&self, path: &Path) -> FsResult<(Side, Stat)> {
         if is_reserved(path) {
             return Err(Errno::ENOENT);

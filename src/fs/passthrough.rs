@@ -17,7 +17,7 @@ use std::sync::Arc;
 use fuser::BackingId;
 use parking_lot::Mutex;
 
-/// How one open file does its I/O.
+/// The I/O mode of one open file.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum IoMode {
     Passthrough,

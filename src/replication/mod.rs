@@ -353,7 +353,7 @@ impl Worker {
     fn record_success(&self, op: &Op) {
         let now = SystemTime::now();
         let mut records = self.records.lock();
-        // The root's record tells when anything last reached the remote.
+        // The root's record stores when anything last reached the remote.
         let root = Some(Path::new(""));
         for path in [Some(op.path.as_path()), op.second_path(), root]
             .into_iter()

@@ -82,7 +82,7 @@ pub struct QueueSummary {
     pub oldest_age: Duration,
 }
 
-/// What the queue holds for one path and everything below it.
+/// Queued work for one path and everything below it.
 #[derive(Clone, Debug, Default)]
 pub struct PathSummary {
     pub ops: usize,
@@ -451,8 +451,8 @@ impl Queue {
         }
     }
 
-    /// Records the result of running an operation: on success it leaves the queue and its
-    /// waiters are released; on failure it is retried later with exponential backoff.
+    /// Records the result of running an operation. On success it leaves the queue and its
+    /// waiters are released. On failure it is retried later, with exponential backoff.
     pub fn finish(&self, seq: u64, result: Result<(), String>) -> Option<Duration> {
         let mut inner = self.inner.lock();
         let retry = match result {
