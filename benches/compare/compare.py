@@ -78,7 +78,7 @@ PACKAGES = {
 
 
 class Context:
-    """What the workloads need: the registry of started daemons, paths and sizes."""
+    """Shared state of one run: the registry of started daemons, paths and sizes."""
 
     def __init__(self, registry, workdir, config, dualfs_bin, faultfs_bin, dualfs_args):
         self.registry = registry
@@ -99,24 +99,32 @@ def parse_arguments():
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true",
                         help="smaller sizes and shorter runs for a smoke test of a few minutes")
+
     parser.add_argument("--targets", default=",".join(target_module.TARGET_ORDER),
                         help="comma-separated targets (default: all): "
                              + ", ".join(target_module.TARGET_ORDER))
     parser.add_argument("--workloads", default=",".join(ALL_WORKLOADS),
                         help="comma-separated workloads (default: all): " + ", ".join(ALL_WORKLOADS))
+
     parser.add_argument("--repeats", type=int, metavar="N",
                         help="runs of the sequential workloads per target, reported as the "
                              "median (default: 3, or 1 with --quick)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override one size or count, for example --set inode_files=200000 "
+                             "(keys: " + ", ".join(k for k in FULL if k != "repeats") + ")")
+
     parser.add_argument("--workdir-base", default="/var/tmp",
                         help="directory on the disk under test; a fresh temporary directory is "
                              "made inside it and deleted at the end (default: /var/tmp)")
     parser.add_argument("--results-dir", default=os.path.join(HERE, "results"),
                         help="where results.json, results.md and the charts go")
+
     parser.add_argument("--dualfs-bin", help="use this dualfs binary instead of building one")
     parser.add_argument("--faultfs-bin", help="use this faultfs binary instead of building one")
     parser.add_argument("--dualfs-arg", action="append", default=[], metavar="ARG",
                         help="extra argument for every dualfs mount (repeat for several), "
                              "for example --dualfs-arg=--attr-ttl=10s")
+
     parser.add_argument("--no-install", action="store_true",
                         help="do not run apt-get for missing programs; fail instead")
     parser.add_argument("--keep-workdir", action="store_true",
@@ -465,6 +473,15 @@ def main():
         return
     harness.install_signal_handlers()
     config = dict(QUICK if arguments.quick else FULL, quick=arguments.quick)
+    for assignment in arguments.set:
+        key, _, value = assignment.partition("=")
+        if key not in FULL or key == "repeats" or not value:
+            raise BenchmarkError(f"invalid --set {assignment!r}; expected KEY=NUMBER with a key "
+                                 f"of {', '.join(k for k in FULL if k != 'repeats')}")
+        try:
+            config[key] = type(FULL[key])(value)
+        except ValueError as error:
+            raise BenchmarkError(f"invalid number in --set {assignment!r}: {error}") from error
     if arguments.repeats is not None:
         if arguments.repeats < 1:
             raise BenchmarkError(f"--repeats must be at least 1, not {arguments.repeats}")

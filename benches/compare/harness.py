@@ -4,7 +4,6 @@ Every daemon and mount that the benchmark starts is registered with a `Registry`
 them in reverse order on success, on an exception and on SIGINT, SIGTERM or SIGHUP.
 """
 
-import hashlib
 import os
 import signal
 import statistics
@@ -28,7 +27,7 @@ def log(message):
 
 
 class BenchmarkError(Exception):
-    """A step of the benchmark failed; the message says which and why."""
+    """A step of the benchmark failed; the message names the step and the cause."""
 
 
 def _unescape_mountinfo(field):
@@ -124,14 +123,6 @@ def summarize_ms(samples_s):
     }
 
 
-def sha256_file(path):
-    digest = hashlib.sha256()
-    with open(path, "rb") as source:
-        while chunk := source.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def run(command, timeout=None, **kwargs):
     """Run a command and raise BenchmarkError with its output if it fails."""
     completed = subprocess.run(
@@ -144,21 +135,6 @@ def run(command, timeout=None, **kwargs):
             f"{(completed.stderr or completed.stdout).strip()[-2000:]}"
         )
     return completed
-
-
-def timed(command, **kwargs):
-    """Run a command with its output discarded and return its wall time in seconds."""
-    start = time.perf_counter()
-    completed = subprocess.run(
-        command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, **kwargs
-    )
-    elapsed = time.perf_counter() - start
-    if completed.returncode != 0:
-        raise BenchmarkError(
-            f"{' '.join(map(str, command))} failed with exit code {completed.returncode}: "
-            f"{completed.stderr.strip()[-2000:]}"
-        )
-    return elapsed
 
 
 def close_descriptors_below(directory):

@@ -12,6 +12,9 @@ DUALFS_TARGETS = ("dualfs-sync", "dualfs-async")
 LAG_ORDER = ("dualfs-sync", "dualfs-async", "lsyncd")
 MODE_ORDER = ("sync", "async")
 STATE_ORDER = ("healthy", "slow", "hung")
+WORKLOAD_ORDER = (
+    "seqwrite", "seqread", "randread", "randwrite", "smallfiles", "statwalk", "unpack",
+)
 
 
 def _ordered(mapping, order):
@@ -160,7 +163,7 @@ def latency_detail_table(results, targets):
 
 
 def dualfs_remote_table(results):
-    """Time until the remote tree holds everything, next to the application's time."""
+    """Return a table of the time until the remote tree has all data, next to the application's time."""
     rows = []
     specs = [
         ("seqwrite", "seconds", "both_seconds", "seq write + fsync"),
@@ -182,7 +185,7 @@ def dualfs_remote_table(results):
 def memory_table(results, targets):
     daemons = [target for target in targets if target != "native"]
     rows = []
-    for workload, per_target in results["throughput"].items():
+    for workload, per_target in _ordered(results["throughput"], WORKLOAD_ORDER):
         row = [workload]
         for target in daemons:
             record = per_target.get(target) or {}
@@ -259,8 +262,8 @@ def _at_least(name, target, measured, minimum, unit="x"):
         return [name, target, "not measured", f">= {minimum}{unit}", "–", ""]
     passed = measured >= minimum
     gap = "" if passed else f"{minimum / measured:.2f}x short"
-    shown = _format_ratio(measured) if unit == "x" else f"{measured:.2f}{unit}"
-    return [name, target, shown, f">= {minimum}{unit}",
+    measured_text = _format_ratio(measured) if unit == "x" else f"{measured:.2f}{unit}"
+    return [name, target, measured_text, f">= {minimum}{unit}",
             "pass" if passed else "miss", gap]
 
 
@@ -324,9 +327,9 @@ def goals_table(results):
 # --- the whole report ---------------------------------------------------------------------------
 
 
-def markdown(results, targets, chart_names):
+def _header_lines(results):
     machine = results["machine"]
-    parts = [
+    lines = [
         "# Workload comparison results",
         "",
         f"Run of {results['started']} ({results['duration_s'] / 60:.1f} min): "
@@ -339,7 +342,38 @@ def markdown(results, targets, chart_names):
         "",
     ]
     if results["config"].get("quick"):
-        parts += ["**Quick run: reduced sizes, not comparable with a full run.**", ""]
+        lines += ["**Quick run: reduced sizes, not comparable with a full run.**", ""]
+    return lines
+
+
+def targets_table(results, targets):
+    versions = results.get("versions", {})
+    commands = results.get("targets", {})
+    rows = [[f"`{name}`", commands.get(name, ""), versions.get(name, "")] for name in targets]
+    if results.get("lag"):
+        rows.append(["`lsyncd`", "lsyncd with default.rsync, delay = 0, rsync archive = true",
+                     versions.get("lsyncd", "")])
+    return _table(["target", "command", "version"], rows)
+
+
+def _failure_lines(results):
+    lines = [
+        f"- {workload} on {target}: {record['error']}"
+        for workload, per_target in results["throughput"].items()
+        for target, record in per_target.items() if "error" in record
+    ]
+    for name, record in lag_items(results):
+        if "error" in record:
+            lines.append(f"- lag on {name}: {record['error']}")
+    for mode, state, record in latency_items(results):
+        if "error" in record:
+            lines.append(f"- latency {mode}/{state}: {record['error']}")
+    return lines
+
+
+def markdown(results, targets, chart_names):
+    parts = _header_lines(results)
+
     sections = [
         ("Ratio to native (higher is better)", ratio_table(results, targets)),
         ("Absolute values (median where a workload ran several times)",
@@ -354,30 +388,15 @@ def markdown(results, targets, chart_names):
         ("Daemon memory after many cached inodes", inode_table(results)),
         ("Peak RSS of the FUSE daemon per workload", memory_table(results, targets)),
         ("Goals", goals_table(results)),
+        ("Targets", targets_table(results, targets)),
     ]
-    versions = results.get("versions", {})
-    setup_rows = [[f"`{name}`", command, versions.get(name, "")]
-                  for name, command in results.get("targets", {}).items()]
-    if results.get("lag"):
-        setup_rows.append(["`lsyncd`", "lsyncd with default.rsync, delay = 0, rsync archive = true",
-                           versions.get("lsyncd", "")])
-    sections.append(("Targets", _table(["target", "command", "version"], setup_rows)))
     for title, body in sections:
         if body:
             parts += [f"## {title}", "", body, ""]
-    errors = [
-        f"- {workload} on {target}: {record['error']}"
-        for workload, per_target in results["throughput"].items()
-        for target, record in per_target.items() if "error" in record
-    ]
-    for name, record in lag_items(results):
-        if "error" in record:
-            errors.append(f"- lag on {name}: {record['error']}")
-    for mode, state, record in latency_items(results):
-        if "error" in record:
-            errors.append(f"- latency {mode}/{state}: {record['error']}")
-    if errors:
-        parts += ["## Failures", "", *errors, ""]
+
+    failures = _failure_lines(results)
+    if failures:
+        parts += ["## Failures", "", *failures, ""]
     notes = [
         f"- {workload} on {target}: {record['note']}"
         for workload, per_target in results["throughput"].items()
@@ -385,6 +404,7 @@ def markdown(results, targets, chart_names):
     ]
     if notes:
         parts += ["## Notes", "", *notes, ""]
+
     for name in chart_names:
         parts += [f"![{name}]({name})", ""]
     return "\n".join(parts)
@@ -461,6 +481,7 @@ def _bar_chart(title, subtitle, groups, series, unit, reference=None, tick_unit=
     bars = sum(1 for _, per in groups for name in series if per.get(name))
     height = top + bars * bar + len(groups) * gap + 40
     x = _log_axis(low, high, left, plot_width)
+
     body = [
         f'<text x="{width / 2}" y="20" text-anchor="middle" font-size="14" '
         f'font-weight="bold">{escape(title)}</text>',
@@ -472,6 +493,7 @@ def _bar_chart(title, subtitle, groups, series, unit, reference=None, tick_unit=
                     f'fill="{PALETTE.get(name, "#444")}"/>')
         body.append(f'<text x="{legend_x + 14}" y="61">{escape(name)}</text>')
         legend_x += 14 + 7 * len(name) + 14
+
     bottom = height - 30
     for tick in _ticks(low, high):
         position = x(tick)
@@ -483,6 +505,7 @@ def _bar_chart(title, subtitle, groups, series, unit, reference=None, tick_unit=
         position = x(reference)
         body.append(f'<line x1="{position:.1f}" y1="{top - 8}" x2="{position:.1f}" '
                     f'y2="{bottom}" stroke="black" stroke-dasharray="4,3"/>')
+
     y = top
     for label, per in groups:
         present = [name for name in series if per.get(name)]

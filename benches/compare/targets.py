@@ -128,7 +128,7 @@ class Dualfs(Target):
         if remote is None:
             (remote,) = self._mkdirs(root, "remote")
         if populate:
-            # A synced tree holds the same data on both sides.
+            # After a completed sync, both trees contain the same data.
             populate([local, remote] if populate_remote else [local])
         mount = self._mount(
             self.arguments(local, remote, mountpoint, extra_args), mountpoint, root,

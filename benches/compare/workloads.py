@@ -1,5 +1,5 @@
 """The workloads. Each one runs on a fresh mount over fresh directories and returns a dict of
-measurements; `rss_peak_kib` and `rss_kib` are the daemon's VmHWM and VmRSS at the end."""
+measurements. In it, `rss_peak_kib` and `rss_kib` are the daemon's VmHWM and VmRSS at the end."""
 
 import hashlib
 import json
@@ -70,8 +70,8 @@ def fio_jobs(command):
 
 
 def fio_seconds(job, side):
-    """Return the I/O time of a fio job in seconds: without fio's start-up, which takes
-    about 0.3 s, and with the final fsync of end_fsync=1 (fio counts it in the runtime)."""
+    """Return the I/O time of a fio job in seconds, which includes the final fsync of
+    end_fsync=1 but not fio's start-up (0.3 s when measured once)."""
     return job[side]["runtime"] / 1000
 
 
