@@ -19,7 +19,7 @@ pub type Result<T> = std::result::Result<T, Errno>;
 /// A raw `struct stat`, as `fstatat` fills it.
 pub type Stat = libc::stat;
 
-/// Which of the two trees a backend is.
+/// The role of a backing tree: local or remote.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Side {
     Local,
@@ -476,4 +476,18 @@ pub fn read_dir(fd: OwnedFd) -> Result<Vec<DirEntry>> {
 /// Returns the file type bits of a stat.
 pub fn file_type(st: &Stat) -> u32 {
     st.st_mode & libc::S_IFMT
+}
+
+/// Returns the access and modification times of a stat, as `utimensat` takes them.
+pub fn times_of(st: &Stat) -> [libc::timespec; 2] {
+    [
+        libc::timespec {
+            tv_sec: st.st_atime,
+            tv_nsec: st.st_atime_nsec,
+        },
+        libc::timespec {
+            tv_sec: st.st_mtime,
+            tv_nsec: st.st_mtime_nsec,
+        },
+    ]
 }

@@ -229,7 +229,7 @@ fn unmount(mountpoint: &Path) {
 /// mount point, so a restarted daemon can mount there again. Dead mounts of other filesystems
 /// are reported, not touched.
 fn clear_dead_mount(mountpoint: &Path) -> Result<()> {
-    // The kernel may answer stat of the mount root from its cache, so list it instead.
+    // The kernel may serve stat of the mount root from its cache, so list it instead.
     match std::fs::read_dir(mountpoint) {
         Err(err) if err.raw_os_error() == Some(libc::ENOTCONN) => {}
         _ => return Ok(()),
@@ -414,7 +414,7 @@ pub fn run(args: MountArgs) -> Result<ExitCode> {
         );
     }
     if left == 0 {
-        tracing::info!("unmounted; the remote holds every change");
+        tracing::info!("unmounted; every change reached the remote");
     }
     Ok(if served.is_ok() {
         ExitCode::SUCCESS

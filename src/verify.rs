@@ -86,7 +86,7 @@ impl Difference {
     }
 }
 
-/// What to compare.
+/// The checks a comparison makes.
 #[derive(Clone, Copy, Debug)]
 pub struct CompareOptions {
     /// Compare file contents byte by byte, not only sizes and mtimes.

@@ -468,3 +468,25 @@ fn fstat_of_unlinked_open_file() {
     assert_eq!(&buf, b"still usable");
     assert_eq!(file.metadata().unwrap().len(), 12);
 }
+
+#[test]
+fn ioctl_answers_not_a_terminal() {
+    let mount = Mount::start();
+    let path = mount.path().join("plain.txt");
+    fs::write(&path, b"x").unwrap();
+    let file = File::open(&path).unwrap();
+
+    let mut size: libc::winsize = unsafe { std::mem::zeroed() };
+    // SAFETY: TIOCGWINSZ writes one winsize into `size`; the result is checked.
+    let ret = unsafe { libc::ioctl(file.as_raw_fd(), libc::TIOCGWINSZ, &mut size) };
+    assert_eq!(ret, -1);
+    assert_eq!(
+        std::io::Error::last_os_error().raw_os_error(),
+        Some(libc::ENOTTY)
+    );
+    assert!(
+        !mount.log_tail().contains("Not Implemented"),
+        "ioctl must not log a warning:\n{}",
+        mount.log_tail()
+    );
+}

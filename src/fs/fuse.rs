@@ -66,8 +66,8 @@ impl FuseAdapter {
         }
     }
 
-    /// Answers a getxattr or listxattr request: its size when asked for 0 bytes, the value
-    /// when it fits, ERANGE when it does not.
+    /// Replies to a getxattr or listxattr request with the size when 0 bytes are requested,
+    /// the value when it fits, and ERANGE when it does not.
     fn reply_xattr(&self, reply: ReplyXattr, size: u32, result: Result<Vec<u8>, Errno>) {
         match result {
             Ok(value) if size == 0 => reply.size(value.len() as u32),
@@ -573,6 +573,21 @@ impl Filesystem for FuseAdapter {
             Ok(offset) => reply.offset(offset),
             Err(errno) => reply.error(self.errno_of(errno)),
         }
+    }
+
+    fn ioctl(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _flags: fuser::IoctlFlags,
+        _cmd: u32,
+        _in_data: &[u8],
+        _out_size: u32,
+        reply: fuser::ReplyIoctl,
+    ) {
+        // Files on dualfs support no ioctl; ENOTTY is what isatty() and tools expect.
+        reply.error(FuseErrno::from_i32(libc::ENOTTY));
     }
 
     fn copy_file_range(

@@ -26,7 +26,7 @@ use fuser::FileAttr;
 use nix::errno::Errno;
 use parking_lot::Mutex;
 
-use crate::backend::{file_type, Backend, Side, Stat};
+use crate::backend::{file_type, times_of, Backend, Side, Stat};
 use crate::replication::{Op, Replicator};
 use crate::STATE_DIR;
 use cache::{AttrCache, Cached};
@@ -346,17 +346,4 @@ pub fn is_reserved(path: &Path) -> bool {
 
 pub(crate) fn io_errno(err: std::io::Error) -> Errno {
     Errno::from_raw(err.raw_os_error().unwrap_or(libc::EIO))
-}
-
-fn times_of(st: &Stat) -> [libc::timespec; 2] {
-    [
-        libc::timespec {
-            tv_sec: st.st_atime,
-            tv_nsec: st.st_atime_nsec,
-        },
-        libc::timespec {
-            tv_sec: st.st_mtime,
-            tv_nsec: st.st_mtime_nsec,
-        },
-    ]
 }

@@ -19,7 +19,7 @@ use nix::errno::Errno;
 use parking_lot::Mutex;
 
 use super::op::{Op, OpKind, RangeSet};
-use crate::backend::{self, file_type, read_dir, Backend, Stat};
+use crate::backend::{self, file_type, read_dir, times_of, Backend, Stat};
 
 /// Copy buffer size for file data: large enough to keep an NFS connection busy.
 const COPY_CHUNK: usize = 1 << 20;
@@ -270,8 +270,8 @@ impl Applier<'_> {
         Ok(())
     }
 
-    /// Opens the remote file for writing, creating it (or replacing a non-file) as needed;
-    /// returns whether it had to be created, in which case the whole file must be copied.
+    /// Opens the remote file for writing, creating it (or replacing a non-file) as needed.
+    /// Also returns whether it was created, because a created file must be copied whole.
     fn open_remote_file(&self, path: &Path, st: &Stat) -> Result<(File, bool)> {
         let mode = st.st_mode & 0o7777 | 0o200;
         match self.remote.lstat(path) {
@@ -380,7 +380,7 @@ impl Applier<'_> {
             },
         };
         match result {
-            // The remote backing has no user xattrs (NFSv4.1 on EFS): its answer stands.
+            // The remote backing has no user xattrs (NFSv4.1 on EFS), so its answer is final.
             Err(Errno::ENOTSUP) => {
                 tracing::debug!(path = %path.display(), "remote backing does not support xattrs");
                 Ok(())
@@ -508,7 +508,7 @@ impl Applier<'_> {
             .at("remote fsync", path)
     }
 
-    /// Removes whatever the remote holds at `path`, recursively for a directory.
+    /// Removes whatever the remote contains at `path`, recursively for a directory.
     pub fn remove_any(&self, path: &Path) -> Result<()> {
         let st = match self.remote.lstat(path) {
             Ok(st) => st,
@@ -568,19 +568,6 @@ impl Applier<'_> {
             _ => self.mknod(path),
         }
     }
-}
-
-fn times_of(st: &Stat) -> [libc::timespec; 2] {
-    [
-        libc::timespec {
-            tv_sec: st.st_atime,
-            tv_nsec: st.st_atime_nsec,
-        },
-        libc::timespec {
-            tv_sec: st.st_mtime,
-            tv_nsec: st.st_mtime_nsec,
-        },
-    ]
 }
 
 /// Copies `[start, end)` from `src` to `dst`, punching holes where the source has them so

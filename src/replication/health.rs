@@ -32,7 +32,7 @@ impl fmt::Display for Health {
     }
 }
 
-/// What went wrong with one remote call.
+/// The failure of one remote call.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Failure {
     /// The call returned this errno.
@@ -42,7 +42,8 @@ pub enum Failure {
 }
 
 impl Failure {
-    /// Whether the failure says the remote cannot be reached, as opposed to an answer.
+    /// Returns whether the failure means the remote cannot be reached, as opposed to an error
+    /// the remote returned.
     pub fn is_unreachable(self) -> bool {
         match self {
             Failure::Timeout => true,

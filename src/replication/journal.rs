@@ -63,7 +63,7 @@ fn io_error(path: &Path) -> impl FnOnce(io::Error) -> JournalError + '_ {
     }
 }
 
-/// What replay found in the journal.
+/// The result of replaying the journal.
 #[derive(Debug, Default)]
 pub struct Replay {
     /// Operations still pending, oldest first, with their sequence numbers.
@@ -294,7 +294,7 @@ impl Journal {
                 }
                 Ok(None) => inner.active_bytes += buffer.len() as u64,
                 Err(err) => {
-                    tracing::error!(path = %inner.active_path.display(), error = %err, batch, "journal write failed; the changes of this batch are refused");
+                    tracing::error!(path = %inner.active_path.display(), error = %err, batch, "journal write failed; the changes of this batch are rejected");
                     if inner.failed_batches.len() == FAILED_BATCHES_KEPT {
                         inner.failed_batches.pop_front();
                     }

@@ -88,7 +88,7 @@ impl RangeSet {
     }
 }
 
-/// What to do to one remote path.
+/// The kind of change to make to one remote path.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum OpKind {
     /// Create the directory if missing, then copy its attributes.
