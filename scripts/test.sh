@@ -16,5 +16,5 @@ cargo build --release -p mount-helper
 cargo test --release --workspace --all-targets
 
 # The default mode is sync; async mode lets writers race ahead of the remote, which is where
-# ordering bugs show, so the workloads run in both.
-DUALFS_TEST_MODE=async cargo test --release --test workloads --test semantics
+# ordering bugs show, so the workloads and the restarts run in both.
+DUALFS_TEST_MODE=async cargo test --release --test workloads --test semantics --test restart

@@ -137,6 +137,28 @@ pub struct MountArgs {
     /// On unmount, how long to wait for queued changes to reach the remote before exiting.
     #[arg(long, value_parser = parse_duration, default_value = "60s", value_name = "DURATION")]
     pub drain_timeout: Duration,
+
+    /// If MOUNTPOINT is already served by a running dualfs, take its FUSE connection over
+    /// instead of failing: applications keep their open files (for upgrades). Without a
+    /// running dualfs, mount as usual.
+    #[arg(long)]
+    pub takeover: bool,
+
+    /// The Unix socket where this mount listens for a takeover and where --takeover requests
+    /// one [default: /run/dualfs/<mount point with / as ->.sock].
+    #[arg(long, value_name = "PATH")]
+    pub handover_socket: Option<PathBuf>,
+
+    /// After handing the mount over: exit, or wait for SIGTERM (for a Kubernetes pod whose
+    /// container must not be restarted in the meantime).
+    #[arg(long, value_enum, default_value_t = AfterHandover::Exit)]
+    pub after_handover: AfterHandover,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum AfterHandover {
+    Exit,
+    Wait,
 }
 
 #[derive(Args, Debug)]

@@ -9,6 +9,7 @@ pub mod metrics;
 pub mod mount;
 pub mod replication;
 pub mod status;
+pub mod supervisor;
 pub mod verify;
 
 /// The reserved folder at the local root that holds dualfs's own state; it is hidden and

@@ -7,19 +7,23 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use fuser::{Config, SessionACL};
 use nix::mount::MsFlags;
-use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::consts::{SIGINT, SIGTERM, SIGUSR1};
 use signal_hook::iterator::Signals;
 
 use crate::backend::{Backend, Side};
 use crate::cli::MountArgs;
-use crate::fs::fuse::FuseAdapter;
+use crate::fs::fuse::{FuseAdapter, Gate};
+use crate::fs::handles::HandleTable;
+use crate::fs::passthrough::IoModes;
 use crate::fs::{DualFs, FsConfig};
 use crate::metrics::{Metrics, Snapshot};
 use crate::replication::{Op, OpKind, ReplicationConfig, Replicator};
+use crate::supervisor::Inherited;
 use crate::STATE_DIR;
 
 /// The three directories of a mount, canonicalized and checked.
@@ -90,13 +94,13 @@ pub fn check_paths(local: &Path, remote: &Path, mountpoint: &Path) -> Result<Mou
 
     check_writable(&local, "local")?;
     check_writable(&remote, "remote")?;
-    let not_empty = std::fs::read_dir(&mountpoint)
+    let first_entry = std::fs::read_dir(&mountpoint)
         .with_context(|| format!("mount point {} cannot be listed", mountpoint.display()))?
-        .next()
-        .is_some();
-    if not_empty {
+        .next();
+    if let Some(entry) = first_entry {
+        let name = entry.map(|e| e.file_name()).unwrap_or_default();
         bail!(
-            "mount point {} is not empty; mount on an empty directory so nothing is hidden",
+            "mount point {} is not empty (it holds {name:?}); mount on an empty directory so nothing is hidden",
             mountpoint.display()
         );
     }
@@ -136,7 +140,7 @@ fn fuse_config(args: &MountArgs) -> Config {
 ///
 /// fuser's own mount names every filesystem plain `fuse`, which is why dualfs mounts itself
 /// and serves the descriptor with `Session::from_fd`.
-fn mount_fuse(local: &Path, mountpoint: &Path, allow_other: bool) -> Result<OwnedFd> {
+pub(crate) fn mount_fuse(local: &Path, mountpoint: &Path, allow_other: bool) -> Result<OwnedFd> {
     let device = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
@@ -208,7 +212,7 @@ pub fn run_unmount(args: crate::cli::UnmountArgs) -> Result<ExitCode> {
 }
 
 /// Unmounts, falling back to a lazy detach while files are still open.
-fn unmount(mountpoint: &Path) {
+pub(crate) fn unmount(mountpoint: &Path) {
     let Ok(c_path) = CString::new(mountpoint.as_os_str().as_bytes()) else {
         return;
     };
@@ -228,7 +232,7 @@ fn unmount(mountpoint: &Path) {
 /// Detaches a dualfs mount whose daemon died ("Transport endpoint is not connected") from the
 /// mount point, so a restarted daemon can mount there again. Dead mounts of other filesystems
 /// are reported, not touched.
-fn clear_dead_mount(mountpoint: &Path) -> Result<()> {
+pub(crate) fn clear_dead_mount(mountpoint: &Path) -> Result<()> {
     // The kernel may serve stat of the mount root from its cache, so list it instead.
     match std::fs::read_dir(mountpoint) {
         Err(err) if err.raw_os_error() == Some(libc::ENOTCONN) => {}
@@ -281,11 +285,45 @@ pub fn lock_local_tree(local: &Path) -> Result<std::fs::File> {
     Ok(file)
 }
 
-pub fn run(args: MountArgs) -> Result<ExitCode> {
-    clear_dead_mount(&args.mountpoint)?;
-    let paths = check_paths(&args.local, &args.remote, &args.mountpoint)?;
-    let _lock = lock_local_tree(&paths.local)?;
+/// Whether `mountpoint` is a dualfs mount whose daemon replies.
+pub(crate) fn is_live_dualfs(mountpoint: &Path) -> bool {
+    let Ok(mountinfo) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return false;
+    };
+    let listed = mountinfo.lines().any(|line| {
+        let fields: Vec<&str> = line.split(' ').collect();
+        let Some(separator) = fields.iter().position(|f| *f == "-") else {
+            return false;
+        };
+        fields.get(4).map(|p| p.replace("\\040", " ")).as_deref() == mountpoint.to_str()
+            && fields.get(separator + 1) == Some(&"fuse.dualfs")
+    });
+    listed && std::fs::read_dir(mountpoint).is_ok()
+}
 
+/// Returns the canonical directories of a mount that is already mounted (for a daemon that
+/// serves it or a takeover).
+pub(crate) fn serving_paths(args: &MountArgs) -> Result<MountPaths> {
+    Ok(MountPaths {
+        local: canonical_dir(&args.local, "local", "--local")?,
+        remote: canonical_dir(&args.remote, "remote", "--remote")?,
+        mountpoint: std::path::absolute(&args.mountpoint)?,
+    })
+}
+
+/// `dualfs mount`: a supervisor, or the serving daemon it started.
+pub fn run(args: MountArgs) -> Result<ExitCode> {
+    match Inherited::from_env()? {
+        Some(inherited) => serve(args, inherited),
+        None => crate::supervisor::run(args),
+    }
+}
+
+/// Serves the FUSE connection a supervisor passed down, until it is unmounted, then drains
+/// the replication queue.
+fn serve(args: MountArgs, inherited: Inherited) -> Result<ExitCode> {
+    let paths = serving_paths(&args)?;
+    let _lock = lock_local_tree(&paths.local)?;
     // Modes arrive already masked by the kernel; our own umask must not mask them again.
     // SAFETY: umask has no preconditions.
     unsafe { libc::umask(0) };
@@ -319,6 +357,9 @@ pub fn run(args: MountArgs) -> Result<ExitCode> {
         .enqueue(Op::new("", OpKind::Attr))
         .map_err(|errno| anyhow::anyhow!("cannot record the root's attributes: {errno}"))?;
 
+    let record = std::fs::File::from(inherited.record);
+    let (handles, left_open) =
+        HandleTable::with_record(record).context("cannot read the record of open files")?;
     let fs = DualFs::new(
         local,
         remote,
@@ -330,6 +371,8 @@ pub fn run(args: MountArgs) -> Result<ExitCode> {
             cache_size: args.cache_size,
             hydrate: args.hydrate,
         },
+        handles,
+        inherited.resume,
     );
 
     let metrics = Arc::new(Metrics::new());
@@ -357,16 +400,36 @@ pub fn run(args: MountArgs) -> Result<ExitCode> {
         crate::metrics::serve(addr, metrics.clone(), paths.mountpoint.clone())?;
     }
 
-    let fd = mount_fuse(&paths.local, &paths.mountpoint, args.allow_other)?;
     let config = fuse_config(&args);
-    let adapter = FuseAdapter::new(fs, metrics.clone(), !args.no_passthrough);
-    let session = match fuser::Session::from_fd(adapter, fd, config.acl, config) {
-        Ok(session) => session,
-        Err(err) => {
-            unmount(&paths.mountpoint);
-            return Err(err).context("the FUSE handshake with the kernel failed");
+    let io_modes = Arc::new(IoModes::new(!args.no_passthrough));
+    let gate = Arc::new(Gate::default());
+    fs.recover_passthrough_writers(&left_open);
+    let adapter = FuseAdapter::new(fs, metrics.clone(), io_modes.clone(), gate.clone());
+    // fuser serves a connection only after an INIT handshake, which runs on the socket that
+    // carries the supervisor's copy of the kernel's INIT; the socket's descriptor number is
+    // then pointed at the FUSE connection itself.
+    let session_fd = inherited.init.as_raw_fd();
+    let session = fuser::Session::from_fd(adapter, inherited.init, config.acl, config)
+        .context("the FUSE handshake with the supervisor failed")?;
+    nix::unistd::dup3(
+        inherited.fuse.as_raw_fd(),
+        session_fd,
+        nix::fcntl::OFlag::O_CLOEXEC,
+    )
+    .context("cannot attach the FUSE connection")?;
+    drop(inherited.fuse);
+    if inherited.resume {
+        io_modes.recover(session_fd, &left_open);
+        // SAFETY: session_fd now names the FUSE connection, which the session keeps open.
+        let device = unsafe { std::os::fd::BorrowedFd::borrow_raw(session_fd) };
+        if let Err(err) = crate::supervisor::request_resend(device) {
+            tracing::warn!(%err, "the kernel cannot resend the requests the previous daemon left unanswered (needs Linux 6.9)");
         }
-    };
+        tracing::info!(
+            open_files = left_open.len(),
+            "took over the connection of the previous daemon"
+        );
+    }
     metrics.set_ready();
     tracing::info!(
         local = %paths.local.display(),
@@ -378,18 +441,25 @@ pub fn run(args: MountArgs) -> Result<ExitCode> {
 
     // The handler stays installed until the process exits, so a signal that arrives while
     // the queue drains after an unmount does not kill the daemon mid-write.
-    let mut signals = Signals::new([SIGINT, SIGTERM]).context("cannot install signal handlers")?;
+    let mut signals =
+        Signals::new([SIGINT, SIGTERM, SIGUSR1]).context("cannot install signal handlers")?;
     let mountpoint = paths.mountpoint.clone();
+    let stopper = replicator.clone();
+    let request_wait = args.remote_timeout + Duration::from_secs(5);
     std::thread::Builder::new()
         .name("signals".into())
         .spawn(move || {
-            let mut signals = signals.forever();
-            if let Some(signal) = signals.next() {
-                tracing::info!(signal, "unmounting on signal");
-                unmount(&mountpoint);
-            }
-            for signal in signals {
-                tracing::info!(signal, "already unmounting; still draining the queue");
+            let mut unmounting = false;
+            for signal in signals.forever() {
+                if signal == SIGUSR1 && !unmounting {
+                    hand_over(&gate, &stopper, request_wait);
+                } else if !unmounting {
+                    tracing::info!(signal, "unmounting on signal");
+                    unmounting = true;
+                    unmount(&mountpoint);
+                } else {
+                    tracing::info!(signal, "already unmounting; still draining the queue");
+                }
             }
         })?;
 
@@ -421,4 +491,20 @@ pub fn run(args: MountArgs) -> Result<ExitCode> {
     } else {
         ExitCode::FAILURE
     })
+}
+
+/// Stops serving for a handover: lets running requests finish, holds new ones unanswered,
+/// leaves queued changes in the journal for the next daemon, and exits.
+fn hand_over(gate: &Gate, replicator: &Replicator, request_wait: Duration) -> ! {
+    let started = std::time::Instant::now();
+    let running = gate.close(request_wait);
+    if running > 0 {
+        tracing::warn!(
+            running,
+            "requests still running at the handover; the next daemon gets them again"
+        );
+    }
+    let left = replicator.shutdown(Duration::ZERO);
+    tracing::info!(left, elapsed = ?started.elapsed(), "stopped for a handover; the next daemon continues the queue");
+    std::process::exit(crate::supervisor::EXIT_HANDED_OVER);
 }

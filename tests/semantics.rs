@@ -490,3 +490,29 @@ fn ioctl_answers_not_a_terminal() {
         mount.log_tail()
     );
 }
+
+/// A file open for reading uses FUSE passthrough, and the kernel then accepts only
+/// passthrough opens of that inode: a writer opened meanwhile must still work (and not fail
+/// with EIO), and what it writes must reach the remote.
+#[test]
+fn writer_opened_while_a_reader_is_open() {
+    let mut mount = Mount::start();
+    let path = mount.path().join("watched.log");
+    fs::write(&path, b"first line\n").unwrap();
+    let reader = File::open(&path).unwrap();
+
+    let mut writer = OpenOptions::new().append(true).open(&path).unwrap();
+    writer.write_all(b"second line\n").unwrap();
+    writer.sync_all().unwrap();
+    let mut seen = vec![0u8; 23];
+    reader.read_exact_at(&mut seen, 0).unwrap();
+    assert_eq!(seen, b"first line\nsecond line\n");
+    drop((reader, writer));
+
+    mount.wait_synced();
+    assert_eq!(
+        fs::read(mount.remote().join("watched.log")).unwrap(),
+        b"first line\nsecond line\n"
+    );
+    assert_no_differences(&compare_trees(mount.local(), mount.remote()), "remote");
+}

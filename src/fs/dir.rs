@@ -26,11 +26,21 @@ impl DualFs {
     }
 
     /// Returns the listing taken at opendir, with `.` and `..` first.
-    pub fn listing(&self, fh: u64) -> FsResult<std::sync::Arc<DirListing>> {
-        self.handles.dir(fh).ok_or(Errno::EBADF)
+    pub fn listing(&self, id: u64, fh: u64) -> FsResult<std::sync::Arc<DirListing>> {
+        if let Some(listing) = self.handles.dir(fh) {
+            return Ok(listing);
+        }
+        if self.rediscovery.is_none() {
+            return Err(Errno::EBADF);
+        }
+        // A directory opened before this daemon took over: list it again. Offsets stay
+        // valid because listings come in the same order while the directory is unchanged.
+        let path = self.node_path(id)?;
+        let entries = self.list(&path)?;
+        Ok(self.handles.restore_dir(fh, DirListing { id, entries }))
     }
 
-    fn list(&self, path: &Path) -> FsResult<Vec<ListedEntry>> {
+    pub(super) fn list(&self, path: &Path) -> FsResult<Vec<ListedEntry>> {
         let (dir_side, dir_st) = self.resolve(path)?;
         if dir_st.st_mode & libc::S_IFMT != libc::S_IFDIR {
             return Err(Errno::ENOTDIR);

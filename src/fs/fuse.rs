@@ -3,7 +3,8 @@
 
 use std::ffi::OsStr;
 use std::path::Path;
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 
 use fuser::{
     AccessFlags, CopyFileRangeFlags, Errno as FuseErrno, FileHandle, Filesystem, FopenFlags,
@@ -16,9 +17,9 @@ use nix::errno::Errno;
 use std::sync::Arc;
 
 use super::namespace::SetAttr;
-use super::passthrough::{Decision, IoModes};
+use super::passthrough::{Backing, Decision, IoModes};
 use super::{Caller, DualFs, Entry};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, RequestTimer};
 
 /// Largest write the kernel may send in one request (the kernel caps it at 1 MiB).
 const MAX_WRITE: u32 = 1 << 20;
@@ -26,22 +27,78 @@ const MAX_WRITE: u32 = 1 << 20;
 pub struct FuseAdapter {
     fs: DualFs,
     metrics: Arc<Metrics>,
-    io_modes: IoModes,
+    io_modes: Arc<IoModes>,
+    gate: Arc<Gate>,
 }
 
-impl FuseAdapter {
-    pub fn new(fs: DualFs, metrics: Arc<Metrics>, passthrough: bool) -> FuseAdapter {
-        FuseAdapter {
-            fs,
-            metrics,
-            io_modes: IoModes::new(passthrough),
+/// Stops request handling for a handover. Once closed, a request that arrives is never
+/// answered: its thread waits until the process exits, and the kernel sends the request again
+/// to the next daemon (FUSE_NOTIFY_RESEND). Requests already running finish first.
+#[derive(Default)]
+pub struct Gate {
+    closed: AtomicBool,
+    running: AtomicUsize,
+}
+
+/// A request inside the gate, timed for the metrics.
+struct Running<'a> {
+    gate: &'a Gate,
+    _timer: RequestTimer<'a>,
+}
+
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        self.gate.running.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+impl Gate {
+    fn enter(&self) {
+        self.running.fetch_add(1, Ordering::SeqCst);
+        if self.closed.load(Ordering::SeqCst) {
+            self.running.fetch_sub(1, Ordering::SeqCst);
+            loop {
+                std::thread::park();
+            }
         }
     }
 
-    fn open_flags(decision: &Decision) -> FopenFlags {
-        match decision {
-            Decision::DirectIo => FopenFlags::FOPEN_DIRECT_IO,
-            _ => FopenFlags::empty(),
+    /// Closes the gate and waits up to `timeout` for running requests to finish; returns
+    /// how many are still running.
+    pub fn close(&self, timeout: Duration) -> usize {
+        self.closed.store(true, Ordering::SeqCst);
+        let deadline = Instant::now() + timeout;
+        loop {
+            let running = self.running.load(Ordering::SeqCst);
+            if running == 0 || Instant::now() > deadline {
+                return running;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+}
+
+impl FuseAdapter {
+    pub fn new(
+        fs: DualFs,
+        metrics: Arc<Metrics>,
+        io_modes: Arc<IoModes>,
+        gate: Arc<Gate>,
+    ) -> FuseAdapter {
+        FuseAdapter {
+            fs,
+            metrics,
+            io_modes,
+            gate,
+        }
+    }
+
+    /// Lets a request in through the gate and starts its timer.
+    fn begin(&self, op: &'static str) -> Running<'_> {
+        self.gate.enter();
+        Running {
+            gate: &self.gate,
+            _timer: self.metrics.time(op),
         }
     }
 
@@ -77,6 +134,23 @@ impl FuseAdapter {
         }
     }
 
+    /// A resent creation whose name exists most likely ran before the crash: it is answered
+    /// with the existing entry.
+    fn created_before(
+        &self,
+        req: &Request,
+        parent: u64,
+        name: &OsStr,
+        result: Result<Entry, Errno>,
+    ) -> Result<Entry, Errno> {
+        match result {
+            Err(Errno::EEXIST) if resent(req) => {
+                self.fs.lookup(parent, name).map_err(|_| Errno::EEXIST)
+            }
+            other => other,
+        }
+    }
+
     fn reply_entry(&self, reply: ReplyEntry, result: Result<Entry, Errno>) {
         match result {
             Ok(entry) => reply.entry_with_ttls(
@@ -87,6 +161,23 @@ impl FuseAdapter {
             ),
             Err(errno) => reply.error(self.errno_of(errno)),
         }
+    }
+}
+
+/// The bit the kernel sets in the id of a request it sends again after FUSE_NOTIFY_RESEND.
+const FUSE_UNIQUE_RESEND: u64 = 1 << 63;
+
+/// Whether the kernel sent this request again because a previous daemon had read it but died
+/// before answering. Such a request may already have run.
+fn resent(req: &Request) -> bool {
+    req.unique().0 & FUSE_UNIQUE_RESEND != 0
+}
+
+/// A resent removal that finds nothing to remove most likely ran before the crash.
+fn removed_before(req: &Request, result: Result<(), Errno>) -> Result<(), Errno> {
+    match result {
+        Err(Errno::ENOENT) if resent(req) => Ok(()),
+        other => other,
     }
 }
 
@@ -122,7 +213,7 @@ impl Filesystem for FuseAdapter {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        let _timer = self.metrics.time("lookup");
+        let _request = self.begin("lookup");
         self.reply_entry(reply, self.fs.lookup(parent.0, name));
     }
 
@@ -131,7 +222,7 @@ impl Filesystem for FuseAdapter {
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
-        let _timer = self.metrics.time("getattr");
+        let _request = self.begin("getattr");
         match self.fs.getattr(ino.0, fh.map(|fh| fh.0)) {
             Ok(attr) => reply.attr(&self.attr_ttl(), &attr),
             Err(errno) => reply.error(self.errno_of(errno)),
@@ -156,7 +247,7 @@ impl Filesystem for FuseAdapter {
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
-        let _timer = self.metrics.time("setattr");
+        let _request = self.begin("setattr");
         let change = SetAttr {
             mode,
             uid,
@@ -172,7 +263,7 @@ impl Filesystem for FuseAdapter {
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
-        let _timer = self.metrics.time("readlink");
+        let _request = self.begin("readlink");
         match self.fs.readlink(ino.0) {
             Ok(target) => reply.data(&target),
             Err(errno) => reply.error(self.errno_of(errno)),
@@ -189,8 +280,9 @@ impl Filesystem for FuseAdapter {
         rdev: u32,
         reply: ReplyEntry,
     ) {
-        let _timer = self.metrics.time("mknod");
+        let _request = self.begin("mknod");
         let result = self.fs.mknod(parent.0, name, mode, rdev, caller(req));
+        let result = self.created_before(req, parent.0, name, result);
         self.reply_entry(reply, result);
     }
 
@@ -203,19 +295,22 @@ impl Filesystem for FuseAdapter {
         _umask: u32,
         reply: ReplyEntry,
     ) {
-        let _timer = self.metrics.time("mkdir");
+        let _request = self.begin("mkdir");
         let result = self.fs.mkdir(parent.0, name, mode, caller(req));
+        let result = self.created_before(req, parent.0, name, result);
         self.reply_entry(reply, result);
     }
 
-    fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        let _timer = self.metrics.time("unlink");
-        self.reply_empty(reply, self.fs.unlink(parent.0, name));
+    fn unlink(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let _request = self.begin("unlink");
+        let result = self.fs.unlink(parent.0, name);
+        self.reply_empty(reply, removed_before(req, result));
     }
 
-    fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        let _timer = self.metrics.time("rmdir");
-        self.reply_empty(reply, self.fs.rmdir(parent.0, name));
+    fn rmdir(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let _request = self.begin("rmdir");
+        let result = self.fs.rmdir(parent.0, name);
+        self.reply_empty(reply, removed_before(req, result));
     }
 
     fn symlink(
@@ -226,16 +321,17 @@ impl Filesystem for FuseAdapter {
         target: &Path,
         reply: ReplyEntry,
     ) {
-        let _timer = self.metrics.time("symlink");
+        let _request = self.begin("symlink");
         let result = self
             .fs
             .symlink(parent.0, link_name, target.as_os_str(), caller(req));
+        let result = self.created_before(req, parent.0, link_name, result);
         self.reply_entry(reply, result);
     }
 
     fn rename(
         &self,
-        _req: &Request,
+        req: &Request,
         parent: INodeNo,
         name: &OsStr,
         newparent: INodeNo,
@@ -243,27 +339,36 @@ impl Filesystem for FuseAdapter {
         flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
-        let _timer = self.metrics.time("rename");
+        let _request = self.begin("rename");
         let result = self
             .fs
             .rename(parent.0, name, newparent.0, newname, flags.bits());
+        // A resent rename whose source is gone and whose target exists ran before the crash.
+        let result = match result {
+            Err(Errno::ENOENT) if resent(req) && self.fs.lookup_exists(newparent.0, newname) => {
+                Ok(())
+            }
+            other => other,
+        };
         self.reply_empty(reply, result);
     }
 
     fn link(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         newparent: INodeNo,
         newname: &OsStr,
         reply: ReplyEntry,
     ) {
-        let _timer = self.metrics.time("link");
-        self.reply_entry(reply, self.fs.link(ino.0, newparent.0, newname));
+        let _request = self.begin("link");
+        let result = self.fs.link(ino.0, newparent.0, newname);
+        let result = self.created_before(req, newparent.0, newname, result);
+        self.reply_entry(reply, result);
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        let _timer = self.metrics.time("open");
+        let _request = self.begin("open");
         let fh = match self.fs.open(ino.0, flags.0) {
             Ok(fh) => fh,
             Err(errno) => return reply.error(self.errno_of(errno)),
@@ -272,14 +377,41 @@ impl Filesystem for FuseAdapter {
             return reply.opened(FileHandle(fh), FopenFlags::empty());
         };
         let read_only = flags.0 & libc::O_ACCMODE == libc::O_RDONLY && flags.0 & libc::O_TRUNC == 0;
-        let decision = self
-            .io_modes
-            .open(fh, ino.0, read_only, || reply.open_backing(&file));
+        let decision = self.io_modes.open(fh, ino.0, read_only, |inherited| {
+            let id = match inherited {
+                // SAFETY: the id is a backing file of this connection that an earlier daemon
+                // registered and nobody closed; from now on its `BackingId` closes it.
+                Some(raw) => {
+                    return Ok(Backing {
+                        id: Arc::new(unsafe { reply.wrap_backing(raw) }),
+                        raw,
+                    })
+                }
+                None => reply.open_backing(&file)?,
+            };
+            let raw = id.into_raw();
+            // SAFETY: `raw` was just registered and released by `into_raw` above.
+            let id = Arc::new(unsafe { reply.wrap_backing(raw) });
+            Ok(Backing { id, raw })
+        });
+        let backing = match &decision {
+            Decision::Passthrough(backing) => Some(backing.raw),
+            Decision::Cached => None,
+        };
+        self.fs
+            .set_handle_mode(fh, decision.mode().slot_mode(), backing);
+        if backing.is_some() && !read_only {
+            if let Err(errno) = self.fs.begin_passthrough_write(fh) {
+                self.io_modes.release(fh);
+                self.fs.release(fh);
+                return reply.error(self.errno_of(errno));
+            }
+        }
         match decision {
             Decision::Passthrough(backing) => {
-                reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), &backing)
+                reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), &backing.id)
             }
-            other => reply.opened(FileHandle(fh), Self::open_flags(&other)),
+            Decision::Cached => reply.opened(FileHandle(fh), FopenFlags::empty()),
         }
     }
 
@@ -294,7 +426,7 @@ impl Filesystem for FuseAdapter {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        let _timer = self.metrics.time("read");
+        let _request = self.begin("read");
         match self.fs.read(fh.0, offset, size) {
             Ok(data) => reply.data(&data),
             Err(errno) => reply.error(self.errno_of(errno)),
@@ -313,7 +445,7 @@ impl Filesystem for FuseAdapter {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
-        let _timer = self.metrics.time("write");
+        let _request = self.begin("write");
         match self.fs.write(fh.0, offset, data) {
             Ok(written) => reply.written(written),
             Err(errno) => reply.error(self.errno_of(errno)),
@@ -328,7 +460,7 @@ impl Filesystem for FuseAdapter {
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
-        let _timer = self.metrics.time("flush");
+        let _request = self.begin("flush");
         // Writes reach the local file synchronously, so there is nothing left to flush.
         reply.ok();
     }
@@ -343,7 +475,7 @@ impl Filesystem for FuseAdapter {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        let _timer = self.metrics.time("release");
+        let _request = self.begin("release");
         self.io_modes.release(fh.0);
         self.fs.release(fh.0);
         reply.ok();
@@ -357,12 +489,12 @@ impl Filesystem for FuseAdapter {
         datasync: bool,
         reply: ReplyEmpty,
     ) {
-        let _timer = self.metrics.time("fsync");
+        let _request = self.begin("fsync");
         self.reply_empty(reply, self.fs.fsync(fh.0, datasync));
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        let _timer = self.metrics.time("opendir");
+        let _request = self.begin("opendir");
         match self.fs.opendir(ino.0) {
             Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
             Err(errno) => reply.error(self.errno_of(errno)),
@@ -372,13 +504,13 @@ impl Filesystem for FuseAdapter {
     fn readdir(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        let _timer = self.metrics.time("readdir");
-        let listing = match self.fs.listing(fh.0) {
+        let _request = self.begin("readdir");
+        let listing = match self.fs.listing(ino.0, fh.0) {
             Ok(listing) => listing,
             Err(errno) => return reply.error(self.errno_of(errno)),
         };
@@ -394,13 +526,13 @@ impl Filesystem for FuseAdapter {
     fn readdirplus(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
-        let _timer = self.metrics.time("readdirplus");
-        let listing = match self.fs.listing(fh.0) {
+        let _request = self.begin("readdirplus");
+        let listing = match self.fs.listing(ino.0, fh.0) {
             Ok(listing) => listing,
             Err(errno) => return reply.error(self.errno_of(errno)),
         };
@@ -448,7 +580,7 @@ impl Filesystem for FuseAdapter {
         _flags: OpenFlags,
         reply: ReplyEmpty,
     ) {
-        let _timer = self.metrics.time("releasedir");
+        let _request = self.begin("releasedir");
         self.fs.releasedir(fh.0);
         reply.ok();
     }
@@ -461,12 +593,12 @@ impl Filesystem for FuseAdapter {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        let _timer = self.metrics.time("fsyncdir");
+        let _request = self.begin("fsyncdir");
         reply.ok();
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
-        let _timer = self.metrics.time("statfs");
+        let _request = self.begin("statfs");
         match self.fs.statfs() {
             Ok(st) => reply.statfs(
                 st.f_blocks,
@@ -492,27 +624,27 @@ impl Filesystem for FuseAdapter {
         _position: u32,
         reply: ReplyEmpty,
     ) {
-        let _timer = self.metrics.time("setxattr");
+        let _request = self.begin("setxattr");
         self.reply_empty(reply, self.fs.setxattr(ino.0, name, value, flags));
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
-        let _timer = self.metrics.time("getxattr");
+        let _request = self.begin("getxattr");
         self.reply_xattr(reply, size, self.fs.getxattr(ino.0, name));
     }
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
-        let _timer = self.metrics.time("listxattr");
+        let _request = self.begin("listxattr");
         self.reply_xattr(reply, size, self.fs.listxattr(ino.0));
     }
 
     fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        let _timer = self.metrics.time("removexattr");
+        let _request = self.begin("removexattr");
         self.reply_empty(reply, self.fs.removexattr(ino.0, name));
     }
 
     fn access(&self, _req: &Request, ino: INodeNo, _mask: AccessFlags, reply: ReplyEmpty) {
-        let _timer = self.metrics.time("access");
+        let _request = self.begin("access");
         // Permission checks are the kernel's (default_permissions); only existence is ours.
         self.reply_empty(reply, self.fs.access(ino.0));
     }
@@ -527,18 +659,21 @@ impl Filesystem for FuseAdapter {
         flags: i32,
         reply: ReplyCreate,
     ) {
-        let _timer = self.metrics.time("create");
+        let _request = self.begin("create");
         match self.fs.create(parent.0, name, mode, flags, caller(req)) {
             Ok((entry, fh)) => {
-                let decision = self.io_modes.open(fh, entry.id, false, || {
+                // A new inode has no other opens, so its writer is page-cached.
+                let decision = self.io_modes.open(fh, entry.id, false, |_| {
                     Err(std::io::Error::other("a created file is never passthrough"))
                 });
+                self.fs
+                    .set_handle_mode(fh, decision.mode().slot_mode(), None);
                 reply.created(
                     &self.entry_ttl(),
                     &entry.attr,
                     Generation(0),
                     FileHandle(fh),
-                    Self::open_flags(&decision),
+                    FopenFlags::empty(),
                 )
             }
             Err(errno) => reply.error(self.errno_of(errno)),
@@ -555,7 +690,7 @@ impl Filesystem for FuseAdapter {
         mode: i32,
         reply: ReplyEmpty,
     ) {
-        let _timer = self.metrics.time("fallocate");
+        let _request = self.begin("fallocate");
         self.reply_empty(reply, self.fs.fallocate(fh.0, offset, length, mode));
     }
 
@@ -568,7 +703,7 @@ impl Filesystem for FuseAdapter {
         whence: i32,
         reply: ReplyLseek,
     ) {
-        let _timer = self.metrics.time("lseek");
+        let _request = self.begin("lseek");
         match self.fs.lseek(fh.0, offset, whence) {
             Ok(offset) => reply.offset(offset),
             Err(errno) => reply.error(self.errno_of(errno)),
@@ -603,7 +738,7 @@ impl Filesystem for FuseAdapter {
         _flags: CopyFileRangeFlags,
         reply: ReplyWrite,
     ) {
-        let _timer = self.metrics.time("copy_file_range");
+        let _request = self.begin("copy_file_range");
         match self
             .fs
             .copy_file_range(fh_in.0, offset_in, fh_out.0, offset_out, len)

@@ -99,6 +99,21 @@ impl InodeTable {
         node.nlookup += 1;
     }
 
+    /// Records that `name` in `parent` is node `id` without adding a kernel reference: for
+    /// nodes the kernel kept from a previous daemon.
+    pub fn learn(&mut self, parent: u64, name: &OsStr, id: u64) {
+        let alias = (parent, name.to_os_string());
+        if self.children.contains_key(&alias) {
+            return;
+        }
+        self.children.insert(alias.clone(), id);
+        let node = self.nodes.entry(id).or_insert_with(|| Node {
+            aliases: Vec::new(),
+            nlookup: 0,
+        });
+        node.aliases.push(alias);
+    }
+
     /// Releases `count` kernel references; the node is dropped when none remain.
     pub fn forget(&mut self, id: u64, count: u64) {
         if id == ROOT {

@@ -26,13 +26,28 @@ fn wants_write(flags: libc::c_int) -> bool {
 }
 
 impl DualFs {
-    fn handle(&self, fh: u64) -> FsResult<Arc<FileHandle>> {
-        self.handles.file(fh).ok_or(Errno::EBADF)
+    pub(super) fn handle(&self, fh: u64) -> FsResult<Arc<FileHandle>> {
+        if let Some(handle) = self.handles.file(fh) {
+            return Ok(handle);
+        }
+        let slot = self.handles.slot(fh).ok_or(Errno::EBADF)?;
+        // A file opened before this daemon took over: open it again by its path.
+        let path = self.node_path(slot.id).map_err(|_| Errno::ESTALE)?;
+        let flags = slot.flags & !(STRIPPED_FLAGS | libc::O_TRUNC);
+        let file = self.on_side(slot.side, move |backend| backend.open_file(&path, flags, 0))?;
+        Ok(self.handles.restore_file(
+            fh,
+            FileHandle {
+                file,
+                id: slot.id,
+                side: slot.side,
+            },
+        ))
     }
 
     /// Returns the current path of an open file, or `None` once its last name was removed,
     /// in which case its changes have nothing left to reach on the remote.
-    fn open_file_path(&self, handle: &FileHandle) -> Option<PathBuf> {
+    pub(super) fn open_file_path(&self, handle: &FileHandle) -> Option<PathBuf> {
         let path = self.inodes.lock().path(handle.id)?;
         let st = backend::fstat(handle.file.as_fd()).ok()?;
         (st.st_nlink > 0).then_some(path)
@@ -75,12 +90,15 @@ impl DualFs {
         };
         let file = if flags & libc::O_TRUNC != 0 {
             self.cache.invalidate(&path);
-            let op = Op::new(path.clone(), OpKind::Data(RangeSet::new()));
+            // Everything: the whole old content is gone, whatever size the file has later.
+            let op = Op::new(path.clone(), OpKind::Data(RangeSet::everything()));
             self.replicator.record(op, open)?
         } else {
             open()?
         };
-        Ok(self.handles.insert_file(FileHandle { file, id, side }))
+        Ok(self
+            .handles
+            .insert_file(FileHandle { file, id, side }, flags))
     }
 
     pub fn create(
@@ -93,18 +111,22 @@ impl DualFs {
     ) -> FsResult<(Entry, u64)> {
         let path = self.prepare_create(parent, name)?;
         let open_flags = (flags & !STRIPPED_FLAGS) | libc::O_CREAT | (flags & libc::O_EXCL);
-        let op = Op::new(path.clone(), OpKind::Data(RangeSet::new()));
+        // Everything: the path may still hold an older file on the remote.
+        let op = Op::new(path.clone(), OpKind::Data(RangeSet::everything()));
         let file = self.replicator.record(op, || {
             let _identity = CallerIdentity::assume(caller.uid, caller.gid);
             self.local.open_file(&path, open_flags, mode & 0o7777)
         })?;
 
         let entry = self.created(parent, name, &path)?;
-        let fh = self.handles.insert_file(FileHandle {
-            file,
-            id: entry.id,
-            side: Side::Local,
-        });
+        let fh = self.handles.insert_file(
+            FileHandle {
+                file,
+                id: entry.id,
+                side: Side::Local,
+            },
+            flags & !(libc::O_CREAT | libc::O_EXCL | libc::O_TRUNC),
+        );
         Ok((entry, fh))
     }
 
@@ -131,6 +153,10 @@ impl DualFs {
     }
 
     pub fn release(&self, fh: u64) {
+        if let Err(errno) = self.record_passthrough_writes(fh) {
+            tracing::warn!(%errno, fh, "cannot record the writes of a closed passthrough writer");
+        }
+        self.passthrough_writers.lock().remove(&fh);
         self.handles.remove_file(fh);
     }
 
@@ -138,6 +164,7 @@ impl DualFs {
     /// remote timeout, and flushes that too.
     pub fn fsync(&self, fh: u64, datasync: bool) -> FsResult<()> {
         let handle = self.handle(fh)?;
+        self.record_passthrough_writes(fh)?;
         let result = if datasync {
             handle.file.sync_data()
         } else {

@@ -9,7 +9,7 @@ pub mod cache;
 mod creds;
 mod dir;
 pub mod fuse;
-mod handles;
+pub mod handles;
 pub mod inode;
 mod io;
 mod namespace;
@@ -27,7 +27,7 @@ use nix::errno::Errno;
 use parking_lot::Mutex;
 
 use crate::backend::{file_type, times_of, Backend, Side, Stat};
-use crate::replication::{Op, Replicator};
+use crate::replication::{Op, OpKind, RangeSet, Replicator};
 use crate::STATE_DIR;
 use cache::{AttrCache, Cached};
 use handles::HandleTable;
@@ -74,6 +74,12 @@ pub struct DualFs {
     cache: Arc<AttrCache>,
     replicator: Arc<Replicator>,
     config: FsConfig,
+    /// Set when this daemon took over a live connection: the kernel may then name nodes that
+    /// this daemon has not looked up yet, found by walking the trees once.
+    rediscovery: Option<Mutex<bool>>,
+    /// Handles that write through FUSE passthrough, which dualfs does not see: their file is
+    /// recorded whole when they are opened, synced and released.
+    passthrough_writers: Mutex<std::collections::HashSet<u64>>,
 }
 
 impl DualFs {
@@ -82,15 +88,19 @@ impl DualFs {
         remote: Arc<Backend>,
         replicator: Arc<Replicator>,
         config: FsConfig,
+        handles: HandleTable,
+        resumed: bool,
     ) -> DualFs {
         DualFs {
             local,
             remote,
             inodes: Mutex::new(InodeTable::new()),
-            handles: HandleTable::default(),
+            handles,
             cache: Arc::new(AttrCache::new(config.cache_size, config.cache_ttl)),
             replicator,
             config,
+            rediscovery: resumed.then(|| Mutex::new(false)),
+            passthrough_writers: Mutex::new(std::collections::HashSet::new()),
         }
     }
 
@@ -111,7 +121,49 @@ impl DualFs {
 
     /// Returns the path of a node; a node whose every name was removed has none.
     fn node_path(&self, id: u64) -> FsResult<PathBuf> {
-        self.inodes.lock().path(id).ok_or(Errno::ENOENT)
+        if let Some(path) = self.inodes.lock().path(id) {
+            return Ok(path);
+        }
+        if self.rediscover() {
+            if let Some(path) = self.inodes.lock().path(id) {
+                return Ok(path);
+            }
+        }
+        Err(Errno::ENOENT)
+    }
+
+    /// After a takeover, learns every name of both trees once, so the node ids the kernel
+    /// kept from the previous daemon resolve again. Returns whether a walk ran (or another
+    /// thread's walk finished) during this call.
+    fn rediscover(&self) -> bool {
+        let Some(done) = &self.rediscovery else {
+            return false;
+        };
+        let mut done = done.lock();
+        if *done {
+            return false;
+        }
+        let started = std::time::Instant::now();
+        let mut pending = vec![(ROOT, PathBuf::new())];
+        let mut names = 0usize;
+        while let Some((id, path)) = pending.pop() {
+            let Ok(entries) = self.list(&path) else {
+                continue;
+            };
+            for entry in entries {
+                if entry.name == "." || entry.name == ".." {
+                    continue;
+                }
+                self.inodes.lock().learn(id, &entry.name, entry.ino);
+                names += 1;
+                if entry.kind == fuser::FileType::Directory {
+                    pending.push((entry.ino, path.join(&entry.name)));
+                }
+            }
+        }
+        *done = true;
+        tracing::info!(names, elapsed = ?started.elapsed(), "learned the node ids of the previous daemon");
+        true
     }
 
     /// Returns the path of `name` in directory `parent`, rejecting names no backing accepts.
@@ -216,12 +268,19 @@ impl DualFs {
         Ok(self.register(parent, name, side, &st))
     }
 
+    /// Whether `name` exists in `parent`, without registering a kernel reference.
+    pub fn lookup_exists(&self, parent: u64, name: &OsStr) -> bool {
+        self.child_path(parent, name)
+            .and_then(|path| self.resolve(&path))
+            .is_ok()
+    }
+
     pub fn forget(&self, id: u64, count: u64) {
         self.inodes.lock().forget(id, count);
     }
 
     pub fn getattr(&self, id: u64, fh: Option<u64>) -> FsResult<FileAttr> {
-        let handle = fh.and_then(|fh| self.handles.file(fh));
+        let handle = fh.and_then(|fh| self.handle(fh).ok());
         let path = self.node_path(id);
         // The kernel asks fstat of an unlinked file without a handle; any open one answers.
         let handle = handle.or_else(|| {
@@ -303,14 +362,57 @@ impl DualFs {
         Ok(())
     }
 
-    /// Returns a duplicate of the descriptor of an open local file, for registering it as a
-    /// passthrough backing file; remote-side handles have none.
+    /// Records the I/O mode chosen for an open file, for a daemon that takes over.
+    pub fn set_handle_mode(&self, fh: u64, mode: handles::SlotMode, backing: Option<u32>) {
+        self.handles.set_mode(fh, mode, backing);
+    }
+
+    /// Returns a descriptor of an open local file for registering it as the inode's
+    /// passthrough backing file: read-write where possible, because a later writer of the
+    /// inode must write through the same backing file. Remote-side handles have none.
     pub fn backing_file(&self, fh: u64) -> Option<std::fs::File> {
-        let handle = self.handles.file(fh)?;
+        let handle = self.handle(fh).ok()?;
         if handle.side != Side::Local {
             return None;
         }
-        handle.file.try_clone().ok()
+        let read_write = self
+            .inodes
+            .lock()
+            .path(handle.id)
+            .and_then(|path| self.local.open_file(&path, libc::O_RDWR, 0).ok());
+        read_write.or_else(|| handle.file.try_clone().ok())
+    }
+
+    /// Records the whole file of a handle that is about to write through passthrough, before
+    /// any write (so the journal covers them), and remembers to record it again later.
+    pub fn begin_passthrough_write(&self, fh: u64) -> FsResult<()> {
+        self.passthrough_writers.lock().insert(fh);
+        self.record_passthrough_writes(fh)
+    }
+
+    /// Takes over the passthrough writers an earlier daemon left open.
+    pub fn recover_passthrough_writers(&self, slots: &[(u64, handles::Slot)]) {
+        let mut writers = self.passthrough_writers.lock();
+        for (fh, slot) in slots {
+            let writes = slot.flags & libc::O_ACCMODE != libc::O_RDONLY;
+            if writes && slot.mode == handles::SlotMode::Passthrough {
+                writers.insert(*fh);
+            }
+        }
+    }
+
+    /// Queues a whole-file copy for a passthrough writer's file; other handles need none.
+    fn record_passthrough_writes(&self, fh: u64) -> FsResult<()> {
+        if !self.passthrough_writers.lock().contains(&fh) {
+            return Ok(());
+        }
+        let handle = self.handle(fh)?;
+        let Some(path) = self.open_file_path(&handle) else {
+            return Ok(());
+        };
+        self.cache.invalidate(&path);
+        let op = Op::new(path, OpKind::Data(RangeSet::everything()));
+        self.replicator.record(op, || Ok(()))
     }
 
     pub fn statfs(&self) -> FsResult<libc::statvfs> {

@@ -64,7 +64,7 @@ impl DualFs {
     ) -> FsResult<Entry> {
         let path = self.prepare_create(parent, name)?;
         let kind = if mode & libc::S_IFMT == libc::S_IFREG {
-            OpKind::Data(RangeSet::new())
+            OpKind::Data(RangeSet::everything())
         } else {
             OpKind::Mknod
         };
@@ -221,7 +221,7 @@ impl DualFs {
     }
 
     pub fn setattr(&self, id: u64, fh: Option<u64>, change: SetAttr) -> FsResult<FileAttr> {
-        let handle = fh.and_then(|fh| self.handles.file(fh));
+        let handle = fh.and_then(|fh| self.handle(fh).ok());
         let path = self.node_path(id).ok();
 
         if let Some(handle) = handle.filter(|h| h.side == Side::Local) {
@@ -269,15 +269,19 @@ impl DualFs {
     }
 
     /// Makes an attribute change with `local` and records it for the remote: a size change
-    /// is a data change, the rest is an attribute copy.
+    /// is a data change from the new size on, the rest is an attribute copy.
+    ///
+    /// The range matters when the file grows again before the change is applied: the bytes
+    /// the truncation cut must then be copied again (as the zeros or new data they are now),
+    /// not left as they were on the remote.
     fn record_setattr(
         &self,
         path: std::path::PathBuf,
         change: &SetAttr,
         local: impl FnOnce() -> FsResult<()>,
     ) -> FsResult<()> {
-        let kind = if change.size.is_some() {
-            OpKind::Data(RangeSet::new())
+        let kind = if let Some(size) = change.size {
+            OpKind::Data(RangeSet::from_offset(size))
         } else {
             OpKind::Attr
         };

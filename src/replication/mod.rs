@@ -89,8 +89,22 @@ impl Replicator {
             queue.set_coalesce_window(config.coalesce_window);
         }
         let replayed = replay.pending.len();
+        // A replayed change may have been half applied before the crash: its remote entry
+        // changed but the directory times not copied yet, and a replayed state transfer that
+        // finds its file already created does not copy them. The directories of every replayed
+        // change get their times copied again after it.
+        let mut directories = std::collections::BTreeSet::new();
         for (seq, op) in replay.pending {
+            for path in [Some(op.path.as_path()), op.second_path()]
+                .into_iter()
+                .flatten()
+            {
+                directories.insert(path.parent().unwrap_or(Path::new("")).to_path_buf());
+            }
             queue.restore(seq, op);
+        }
+        for directory in directories {
+            queue.push(Op::new(directory, OpKind::Attr));
         }
         tracing::info!(
             replayed,

@@ -31,6 +31,13 @@ impl RangeSet {
         }
     }
 
+    /// A set from `start` to the end of the file, whatever its size.
+    pub fn from_offset(start: u64) -> RangeSet {
+        RangeSet {
+            ranges: vec![(start, u64::MAX)],
+        }
+    }
+
     pub fn single(start: u64, len: u64) -> RangeSet {
         let mut set = RangeSet::new();
         set.insert(start, len);

@@ -48,6 +48,9 @@ struct Entry {
     /// find the old name gone, so they are queued again after the rename.
     moves: Vec<Op>,
     in_flight: bool,
+    /// The journal batch that makes this entry's record durable (`None` once replayed), which
+    /// a change joining the entry must wait for too before making its local change.
+    batch: Option<Batch>,
     /// Set after a failed attempt: the entry is not run again before this instant.
     retry_at: Option<Instant>,
     attempts: u32,
@@ -151,6 +154,9 @@ impl Inner {
         self.next_seq += 1;
         let batch = self.journal_append(seq, &op);
         self.insert_at(seq, op, held);
+        if let Some(entry) = self.entries.get_mut(&seq) {
+            entry.batch = batch;
+        }
         (seq, batch)
     }
 
@@ -176,6 +182,7 @@ impl Inner {
                 pins: 0,
                 moves: Vec::new(),
                 in_flight: false,
+                batch: None,
                 retry_at: None,
                 attempts: 0,
                 last_error: None,
@@ -198,7 +205,7 @@ impl Inner {
     /// Folds a state-transfer operation into the last queued one for the same path, when
     /// that one has not started and its journal record already covers the new change (a
     /// replayed data record copies the whole file), and pins it until the caller commits.
-    fn coalesce(&mut self, op: &Op) -> Option<u64> {
+    fn coalesce(&mut self, op: &Op) -> Option<(u64, Option<Batch>)> {
         let seq = *self.by_path.get(&op.path)?.last()?;
         let entry = self.entries.get_mut(&seq)?;
         if entry.in_flight || entry.op.path != op.path {
@@ -214,7 +221,7 @@ impl Inner {
             _ => return None,
         }
         entry.pins += 1;
-        Some(seq)
+        Some((seq, entry.batch))
     }
 
     /// Takes the queued state transfers below a path that is being renamed away and returns
@@ -290,11 +297,13 @@ impl Queue {
             OpKind::Data(_) | OpKind::Attr | OpKind::Xattr(_) => inner.coalesce(&op),
             _ => None,
         };
-        if let Some(seq) = joined {
+        // The joining caller waits for the entry's own record: until it is durable, a crash
+        // would lose the entry and with it the joined change.
+        if let Some((seq, batch)) = joined {
             return Begun {
                 seq,
                 joined: true,
-                batch: None,
+                batch,
             };
         }
 

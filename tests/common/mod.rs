@@ -178,13 +178,71 @@ impl Mount {
         self.wait_ready();
     }
 
-    /// Kills the daemon with SIGKILL, as a crash would, and leaves its dead mount in place
-    /// ("Transport endpoint is not connected").
+    /// Kills the supervisor and its serving daemon with SIGKILL, as the loss of the whole
+    /// process tree (a deleted pod) would, and leaves the dead mount in place ("Transport
+    /// endpoint is not connected").
     pub fn crash(&mut self) {
         if let Some(mut daemon) = self.daemon.take() {
+            let serving = serving_pid(daemon.id());
             let _ = daemon.kill();
             let _ = daemon.wait();
+            if let Some(pid) = serving {
+                // SAFETY: kill has no memory-safety preconditions; the pid is the serving
+                // daemon this guard's supervisor started, which nothing else reaps.
+                unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+                wait_gone(pid);
+            }
+            // The connection dies when the last holder's files are released.
+            let deadline = Instant::now() + STOP_TIMEOUT;
+            while fs::read_dir(&self.mountpoint).is_ok()
+                && mount_fs_type(&self.mountpoint).is_some()
+                && Instant::now() < deadline
+            {
+                thread::sleep(Duration::from_millis(5));
+            }
         }
+    }
+
+    /// Kills only the serving daemon with SIGKILL; its supervisor keeps the FUSE connection
+    /// and restarts it. Returns the new serving daemon's pid once it runs.
+    pub fn kill_serving_daemon(&mut self) -> u32 {
+        let supervisor = self.pid().expect("the daemon runs");
+        let old = serving_pid(supervisor).expect("the supervisor has a serving daemon");
+        // SAFETY: kill has no memory-safety preconditions; the pid is the serving daemon
+        // this guard's supervisor started.
+        unsafe { libc::kill(old as libc::pid_t, libc::SIGKILL) };
+        let deadline = Instant::now() + READY_TIMEOUT;
+        loop {
+            match serving_pid(supervisor) {
+                Some(new) if new != old => return new,
+                _ if Instant::now() > deadline => panic!(
+                    "the supervisor did not restart its daemon within {READY_TIMEOUT:?}\n{}",
+                    self.log_tail()
+                ),
+                _ => thread::sleep(Duration::from_millis(5)),
+            }
+        }
+    }
+
+    /// Starts a second `dualfs mount --takeover` over the same directories and waits until
+    /// it has taken the mount over and the first one has exited.
+    pub fn take_over(&mut self) {
+        let mut old = self.daemon.take().expect("the daemon runs");
+        self.extra_args.push("--takeover".into());
+        self.spawn_daemon();
+        self.extra_args.pop();
+        match wait_timeout(&mut old, STOP_TIMEOUT) {
+            Some(status) if status.success() => {}
+            other => panic!(
+                "the old dualfs did not hand over and exit cleanly ({other:?})\n{}",
+                self.log_tail()
+            ),
+        }
+    }
+
+    /// Process id of the serving daemon that the supervisor runs.
+    pub fn serving_pid(&self) -> Option<u32> {
+        serving_pid(self.pid()?)
     }
 
     /// Starts the daemon again over the same directories after `crash` or `unmount`.
@@ -237,8 +295,10 @@ impl Mount {
             if let Some(status) = daemon.try_wait().expect("failed to poll the daemon") {
                 self.daemon = None;
                 panic!(
-                    "dualfs exited with {status} before {} was mounted; daemon log:\n{}",
+                    "dualfs exited with {status} before {} was mounted; processes:\n{}\nmounts there:\n{}\ndaemon log:\n{}",
                     self.mountpoint.display(),
+                    dualfs_processes(),
+                    mounts_at(&self.mountpoint),
                     self.log_tail()
                 );
             }
@@ -373,6 +433,53 @@ impl Drop for Mount {
                 },
                 self.log_tail()
             );
+        }
+    }
+}
+
+/// The dualfs processes that run, for failure messages.
+fn dualfs_processes() -> String {
+    let output = Command::new("ps")
+        .args(["-eo", "pid,ppid,stat,args"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    output
+        .lines()
+        .filter(|line| line.contains("dualfs"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// The mount table lines for `path`, for failure messages.
+fn mounts_at(path: &Path) -> String {
+    let mountinfo = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let wanted = path.to_string_lossy();
+    mountinfo
+        .lines()
+        .filter(|line| line.contains(wanted.as_ref()))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// The child process of `supervisor` (its serving daemon), if one runs.
+pub fn serving_pid(supervisor: u32) -> Option<u32> {
+    let children =
+        fs::read_to_string(format!("/proc/{supervisor}/task/{supervisor}/children")).ok()?;
+    children.split_whitespace().next()?.parse().ok()
+}
+
+/// Waits until every thread of process `pid` has exited: its leader is a zombie or gone and
+/// it has no other task left (a zombie leader alone may still have threads that hold files).
+fn wait_gone(pid: u32) {
+    let deadline = Instant::now() + STOP_TIMEOUT;
+    while Instant::now() < deadline {
+        let tasks = fs::read_dir(format!("/proc/{pid}/task")).map(|d| d.count());
+        let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        match tasks {
+            Err(_) => return,
+            Ok(count) if count <= 1 && (stat.is_empty() || stat.contains(") Z ")) => return,
+            _ => thread::sleep(Duration::from_millis(5)),
         }
     }
 }

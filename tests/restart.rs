@@ -1,0 +1,322 @@
+//! Restarts under a running application: a takeover by a new dualfs process and a kill -9 of
+//! the serving daemon must not show the application an error or lose a byte, and the remote
+//! must converge afterwards.
+
+mod common;
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use common::Mount;
+
+/// What the application saw: its first error, if any, how many rounds it made, and when each
+/// round started and how long it took.
+struct AppReport {
+    error: Option<String>,
+    rounds: u64,
+    timeline: Vec<(Instant, Duration)>,
+}
+
+impl AppReport {
+    /// Returns the maximum duration of the rounds that overlapped `window`: the pause the
+    /// application saw then.
+    fn longest_in(&self, window: (Instant, Instant)) -> Duration {
+        self.timeline
+            .iter()
+            .filter(|(start, took)| *start <= window.1 && *start + *took >= window.0)
+            .map(|(_, took)| *took)
+            .max()
+            .unwrap_or_default()
+    }
+}
+
+/// An application that keeps a log file open for appending and one open for reading, appends
+/// a line and reads the whole file back every round, fsyncs once a second, and creates and
+/// renames a small file every round.
+fn application(dir: PathBuf, stop: Arc<AtomicBool>) -> AppReport {
+    let mut report = AppReport {
+        error: None,
+        rounds: 0,
+        timeline: Vec::new(),
+    };
+    let run = |report: &mut AppReport| -> std::io::Result<()> {
+        let log_path = dir.join("app.log");
+        let mut writer = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)?;
+        let mut reader = File::open(&log_path)?;
+        let mut expected = String::new();
+        let mut last_sync = Instant::now();
+        while !stop.load(Ordering::Relaxed) {
+            let started = Instant::now();
+            let line = format!("round {}\n", report.rounds);
+            writer.write_all(line.as_bytes())?;
+            expected.push_str(&line);
+            if last_sync.elapsed() >= Duration::from_secs(1) {
+                writer.sync_all()?;
+                last_sync = Instant::now();
+            }
+            let mut seen = String::new();
+            reader.seek(SeekFrom::Start(0))?;
+            reader.read_to_string(&mut seen)?;
+            if seen != expected {
+                return Err(std::io::Error::other(format!(
+                    "round {}: read back {} bytes, wrote {}",
+                    report.rounds,
+                    seen.len(),
+                    expected.len()
+                )));
+            }
+            let temp = dir.join(format!("part-{}.tmp", report.rounds % 7));
+            fs::write(&temp, line.as_bytes())?;
+            fs::rename(&temp, dir.join(format!("part-{}", report.rounds % 7)))?;
+            report.timeline.push((started, started.elapsed()));
+            report.rounds += 1;
+            thread::sleep(Duration::from_millis(10));
+        }
+        writer.sync_all()
+    };
+    if let Err(err) = run(&mut report) {
+        report.error = Some(err.to_string());
+    }
+    report
+}
+
+fn start_application(mount: &Mount) -> (Arc<AtomicBool>, thread::JoinHandle<AppReport>) {
+    let stop = Arc::new(AtomicBool::new(false));
+    let dir = mount.path().to_path_buf();
+    let flag = stop.clone();
+    (stop, thread::spawn(move || application(dir, flag)))
+}
+
+fn finish_application(
+    stop: Arc<AtomicBool>,
+    app: thread::JoinHandle<AppReport>,
+    mount: &Mount,
+) -> AppReport {
+    stop.store(true, Ordering::Relaxed);
+    let report = app.join().expect("the application thread panicked");
+    assert!(
+        report.error.is_none(),
+        "the application saw an error after {} rounds: {}\ndaemon log:\n{}",
+        report.rounds,
+        report.error.clone().unwrap_or_default(),
+        mount.log_tail()
+    );
+    assert!(
+        report.rounds > 20,
+        "the application made only {} rounds",
+        report.rounds
+    );
+    report
+}
+
+fn converge(mut mount: Mount) {
+    mount.wait_synced();
+    let (local, remote) = (mount.local().to_path_buf(), mount.remote().to_path_buf());
+    mount.unmount();
+    let differences = common::compare_trees(&local, &remote);
+    assert!(
+        differences.is_empty(),
+        "the remote differs from the local tree:\n{}",
+        differences.join("\n")
+    );
+}
+
+#[test]
+fn application_survives_takeovers_and_daemon_kills() {
+    let mut mount = Mount::start();
+    let (stop, app) = start_application(&mount);
+    let calm_start = Instant::now();
+    thread::sleep(Duration::from_millis(700));
+    let calm = (calm_start, Instant::now());
+
+    let mut events = Vec::new();
+    for round in 0..4 {
+        let started = Instant::now();
+        let what = if round % 2 == 0 {
+            mount.take_over();
+            "takeover"
+        } else {
+            mount.kill_serving_daemon();
+            "kill -9"
+        };
+        // The pause ends with the first round after the event; the window reaches past it.
+        thread::sleep(Duration::from_millis(700));
+        events.push((what, (started, Instant::now())));
+    }
+
+    let report = finish_application(stop, app, &mount);
+    eprintln!(
+        "application: {} rounds; longest round without a restart {:?}",
+        report.rounds,
+        report.longest_in(calm)
+    );
+    for (what, window) in events {
+        eprintln!(
+            "  longest round around a {what}: {:?}",
+            report.longest_in(window)
+        );
+    }
+    let log = fs::read_to_string(mount.path().join("app.log")).unwrap();
+    assert!(log
+        .lines()
+        .enumerate()
+        .all(|(i, line)| line == format!("round {i}")));
+    converge(mount);
+}
+
+/// A file open for reading uses FUSE passthrough, which the kernel keeps serving while no
+/// daemon runs; a writer opened after a restart must not be refused for mixing I/O modes.
+#[test]
+fn passthrough_readers_keep_working_across_a_restart() {
+    let mut mount = Mount::start();
+    let path = mount.path().join("shared.bin");
+    fs::write(&path, vec![7u8; 1 << 20]).unwrap();
+    let mut reader = File::open(&path).unwrap();
+
+    mount.kill_serving_daemon();
+    let mut head = vec![0u8; 4096];
+    reader.read_exact(&mut head).unwrap();
+    assert!(head.iter().all(|b| *b == 7));
+
+    // The new daemon read the inode's passthrough open from the record, so the writer is not
+    // rejected.
+    let mut writer = OpenOptions::new().write(true).open(&path).unwrap();
+    writer.write_all(&[9u8; 4096]).unwrap();
+    writer.sync_all().unwrap();
+    reader.seek(SeekFrom::Start(0)).unwrap();
+    reader.read_exact(&mut head).unwrap();
+    assert!(head.iter().all(|b| *b == 9));
+    drop((reader, writer));
+
+    mount.take_over();
+    assert_eq!(fs::read(&path).unwrap()[..4096], [9u8; 4096]);
+    converge(mount);
+}
+
+/// A write that the daemon has read but not answered when it is killed is sent again by the
+/// kernel to the restarted daemon; the application only sees a longer call.
+#[test]
+fn request_in_flight_at_a_kill_is_resent() {
+    let local_backing = tempfile::Builder::new()
+        .prefix("dualfs-test-local-")
+        .tempdir()
+        .unwrap();
+    let local = faultfs::FaultFs::mount(local_backing.path());
+    let mut mount = Mount::start_over(Some(local.path()), None, &[]);
+    let path = mount.path().join("slow.txt");
+    fs::write(&path, b"before\n").unwrap();
+
+    local.set_rules("write slow.txt delay=1500ms");
+    let writer_path = path.clone();
+    let writer = thread::spawn(move || {
+        let mut file = OpenOptions::new().append(true).open(&writer_path)?;
+        file.write_all(b"during the kill\n")?;
+        file.sync_all()
+    });
+    // Wait until the write is inside the daemon, held by the delay.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while local.count("write") == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the write never reached the local tree"
+        );
+        thread::sleep(Duration::from_millis(5));
+    }
+    mount.kill_serving_daemon();
+    local.clear_rules();
+
+    writer
+        .join()
+        .unwrap()
+        .expect("the write in flight at the kill failed");
+    assert_eq!(fs::read(&path).unwrap(), b"before\nduring the kill\n");
+    converge(mount);
+    drop(local);
+}
+
+/// A mkdir and an unlink held inside the daemon when it is killed: the kernel sends them
+/// again, and whether or not they ran before the kill, the application sees success.
+#[test]
+fn namespace_changes_in_flight_at_a_kill_succeed() {
+    let local_backing = tempfile::Builder::new()
+        .prefix("dualfs-test-local-")
+        .tempdir()
+        .unwrap();
+    let local = faultfs::FaultFs::mount(local_backing.path());
+    let mut mount = Mount::start_over(Some(local.path()), None, &[]);
+    fs::write(mount.path().join("doomed"), b"x").unwrap();
+
+    local.set_rules("mkdir fresh delay=1500ms\nunlink doomed delay=1500ms");
+    let root = mount.path().to_path_buf();
+    let mkdir = thread::spawn({
+        let root = root.clone();
+        move || fs::create_dir(root.join("fresh"))
+    });
+    let unlink = thread::spawn(move || fs::remove_file(root.join("doomed")));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while local.count("mkdir") == 0 || local.count("unlink") == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the calls never reached the local tree"
+        );
+        thread::sleep(Duration::from_millis(5));
+    }
+    mount.kill_serving_daemon();
+    local.clear_rules();
+
+    mkdir
+        .join()
+        .unwrap()
+        .expect("the mkdir in flight at the kill failed");
+    unlink
+        .join()
+        .unwrap()
+        .expect("the unlink in flight at the kill failed");
+    assert!(mount.path().join("fresh").is_dir());
+    assert!(!mount.path().join("doomed").exists());
+    converge(mount);
+    drop(local);
+}
+
+fn dualfs_takeover(mount: &Mount, local: &Path) -> std::process::Output {
+    Command::new(common::dualfs_binary())
+        .arg("mount")
+        .arg("--takeover")
+        .arg("--local")
+        .arg(local)
+        .arg("--remote")
+        .arg(mount.remote())
+        .arg("--metrics-addr")
+        .arg("off")
+        .arg(mount.path())
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn takeover_with_other_directories_rejected() {
+    let mount = Mount::start();
+    fs::write(mount.path().join("kept"), b"data").unwrap();
+    let other = tempfile::tempdir().unwrap();
+
+    let output = dualfs_takeover(&mount, other.path());
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("rejected the takeover") && stderr.contains("this mount serves local"),
+        "unexpected error: {stderr}"
+    );
+    // The running mount is untouched.
+    assert_eq!(fs::read(mount.path().join("kept")).unwrap(), b"data");
+    assert!(mount.serving_pid().is_some());
+    converge(mount);
+}
