@@ -56,6 +56,7 @@ pub struct Metrics {
     remote_health: Gauge,
     cache_hits: Counter,
     cache_misses: Counter,
+    daemon_restarts: Gauge,
     /// Cache counts already added to the counters, so each scrape adds the difference.
     cache_seen: Mutex<(u64, u64)>,
     source: Mutex<Option<SnapshotSource>>,
@@ -84,6 +85,7 @@ impl Metrics {
             remote_health: Gauge::default(),
             cache_hits: Counter::default(),
             cache_misses: Counter::default(),
+            daemon_restarts: Gauge::default(),
             cache_seen: Mutex::new((0, 0)),
             source: Mutex::new(None),
             ready: AtomicBool::new(false),
@@ -135,8 +137,17 @@ impl Metrics {
                 "Metadata cache lookups that went to a backing tree",
                 metrics.cache_misses.clone(),
             );
+            registry.register(
+                "daemon_restarts",
+                "Times the serving daemon was started again on this mount's live FUSE connection, after a crash or for a takeover",
+                metrics.daemon_restarts.clone(),
+            );
         }
         metrics
+    }
+
+    pub fn set_daemon_restarts(&self, restarts: u64) {
+        self.daemon_restarts.set(restarts as i64);
     }
 
     /// Sets where scrapes read the queue, health and cache figures from.

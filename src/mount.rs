@@ -430,6 +430,7 @@ fn serve(args: MountArgs, inherited: Inherited) -> Result<ExitCode> {
             "took over the connection of the previous daemon"
         );
     }
+    metrics.set_daemon_restarts(inherited.restarts);
     metrics.set_ready();
     tracing::info!(
         local = %paths.local.display(),

@@ -33,7 +33,8 @@ use signal_hook::consts::{SIGINT, SIGTERM};
 use crate::cli::{AfterHandover, MountArgs};
 use crate::mount;
 
-/// Names the inherited descriptors of a serving daemon: `FUSE,INIT,RECORD,RESUME`.
+/// Names the inherited descriptors of a serving daemon and its start count:
+/// `FUSE,INIT,RECORD,RESTARTS` (RESTARTS > 0 when an earlier daemon served the connection).
 pub const SERVE_ENV: &str = "DUALFS_SERVE";
 
 /// The exit code of a daemon that stopped for a handover.
@@ -58,6 +59,8 @@ pub struct Connection {
     pub record: OwnedFd,
     /// The kernel's INIT request, as first read from the connection.
     pub init: Vec<u8>,
+    /// How many times a daemon was started again on this connection.
+    pub restarts: u64,
 }
 
 /// The descriptors a serving daemon inherits from its supervisor.
@@ -67,6 +70,8 @@ pub struct Inherited {
     pub record: OwnedFd,
     /// Whether an earlier daemon served this connection.
     pub resume: bool,
+    /// How many daemons served this connection before this one, minus the first.
+    pub restarts: u64,
 }
 
 impl Inherited {
@@ -84,7 +89,7 @@ impl Inherited {
                 .with_context(|| format!("malformed {SERVE_ENV}={value:?}"))
         };
         let (fuse, init, record) = (parse(0)?, parse(1)?, parse(2)?);
-        let resume = parse(3)? == 1;
+        let restarts = u64::try_from(parse(3)?).unwrap_or(0);
         // SAFETY: the supervisor passed these open descriptors to this process alone.
         let own = |fd: RawFd| -> Result<OwnedFd> {
             if unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) } != 0 {
@@ -96,7 +101,8 @@ impl Inherited {
             fuse: own(fuse)?,
             init: own(init)?,
             record: own(record)?,
-            resume,
+            resume: restarts > 0,
+            restarts,
         }))
     }
 }
@@ -152,7 +158,15 @@ fn establish(args: &MountArgs) -> Result<(Connection, mount::MountPaths)> {
         }
     };
     let record = record_memfd()?;
-    Ok((Connection { fuse, record, init }, paths))
+    Ok((
+        Connection {
+            fuse,
+            record,
+            init,
+            restarts: 0,
+        },
+        paths,
+    ))
 }
 
 /// A running serving daemon.
@@ -162,7 +176,9 @@ struct Daemon {
     handshake: OwnedFd,
 }
 
-fn spawn(exe: &Path, conn: &Connection, resume: bool, events: &Sender<Event>) -> Result<Daemon> {
+/// Starts a serving daemon; `restarts` is how many daemons were started on the connection
+/// before, minus the first (0 for a fresh mount).
+fn spawn(exe: &Path, conn: &Connection, restarts: u64, events: &Sender<Event>) -> Result<Daemon> {
     let (ours, theirs) = socketpair(
         AddressFamily::Unix,
         SockType::SeqPacket,
@@ -182,10 +198,7 @@ fn spawn(exe: &Path, conn: &Connection, resume: bool, events: &Sender<Event>) ->
         SERVE_ENV,
         format!(
             "{},{},{},{}",
-            inherited[0],
-            inherited[1],
-            inherited[2],
-            u8::from(resume)
+            inherited[0], inherited[1], inherited[2], restarts
         ),
     );
     // SAFETY: fcntl is async-signal-safe; it only lets the three descriptors cross exec.
@@ -250,6 +263,8 @@ struct Request {
 struct Offer {
     error: Option<String>,
     init: Vec<u8>,
+    #[serde(default)]
+    restarts: u64,
 }
 
 fn listen(path: &Path, events: Sender<Event>) -> Result<()> {
@@ -291,6 +306,7 @@ fn reject(stream: &UnixStream, message: &str) {
     let offer = Offer {
         error: Some(message.to_string()),
         init: Vec::new(),
+        restarts: 0,
     };
     let mut stream = stream;
     let _ = writeln!(
@@ -300,10 +316,11 @@ fn reject(stream: &UnixStream, message: &str) {
     );
 }
 
-fn send_connection(stream: &UnixStream, conn: &Connection) -> Result<()> {
+fn send_connection(stream: &UnixStream, conn: &Connection, restarts: u64) -> Result<()> {
     let offer = serde_json::to_vec(&Offer {
         error: None,
         init: conn.init.clone(),
+        restarts,
     })?;
     let fds = [conn.fuse.as_raw_fd(), conn.record.as_raw_fd()];
     let cmsg = [ControlMessage::ScmRights(&fds)];
@@ -364,6 +381,8 @@ fn take_over(socket: &Path, paths: &mount::MountPaths) -> Result<Connection> {
         fuse,
         record,
         init: offer.init,
+        // The new daemon is one more start on the connection.
+        restarts: offer.restarts + 1,
     })
 }
 
@@ -442,7 +461,8 @@ fn supervise(
     events: &Receiver<Event>,
     events_tx: &Sender<Event>,
 ) -> Result<Outcome> {
-    let mut daemon = Some(spawn(exe, conn, resumed, events_tx)?);
+    let mut restarts = conn.restarts;
+    let mut daemon = Some(spawn(exe, conn, restarts, events_tx)?);
     if !resumed {
         if let Err(err) = forward_init_reply(daemon.as_ref().expect("just spawned"), conn) {
             mount::unmount(&paths.mountpoint);
@@ -519,7 +539,7 @@ fn supervise(
             Event::Exited(status) => {
                 let _ = daemon.take();
                 if let Some((stream, asked)) = handover.take() {
-                    send_connection(&stream, conn)?;
+                    send_connection(&stream, conn, restarts)?;
                     tracing::info!(stop = ?asked.elapsed(), "handed the connection over");
                     return Ok(Outcome::HandedOver);
                 }
@@ -542,7 +562,8 @@ fn supervise(
                     return Ok(Outcome::Exited(ExitCode::FAILURE));
                 }
                 tracing::warn!(%status, "the daemon crashed; restarting it on the same connection");
-                let restarted = spawn(exe, conn, true, events_tx)?;
+                restarts += 1;
+                let restarted = spawn(exe, conn, restarts, events_tx)?;
                 daemon = Some(restarted);
             }
         }

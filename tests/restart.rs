@@ -287,6 +287,43 @@ fn namespace_changes_in_flight_at_a_kill_succeed() {
     drop(local);
 }
 
+/// The restarts of the serving daemon on a live connection are counted in /metrics, across
+/// takeovers too.
+#[test]
+fn restarts_counted_in_metrics() {
+    let mut mount = Mount::start();
+    assert_restarts(&mount, 0);
+
+    mount.kill_serving_daemon();
+    assert_restarts(&mount, 1);
+
+    mount.take_over();
+    assert_restarts(&mount, 2);
+    converge(mount);
+}
+
+/// Waits until the metrics server of the daemon that serves now reports `expected` restarts.
+/// Right after a restart the log may still name the previous daemon's server, so this polls.
+fn assert_restarts(mount: &Mount, expected: u64) {
+    let wanted = format!("dualfs_daemon_restarts {expected}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut last = String::new();
+    while Instant::now() < deadline {
+        if let Ok((200, body)) = common::try_http_get(&mount.metrics_addr(), "/metrics") {
+            last = body
+                .lines()
+                .find(|line| line.starts_with("dualfs_daemon_restarts "))
+                .unwrap_or("(no dualfs_daemon_restarts line)")
+                .to_string();
+            if last == wanted {
+                return;
+            }
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+    panic!("/metrics never showed {wanted:?}; last seen {last:?}");
+}
+
 fn dualfs_takeover(mount: &Mount, local: &Path) -> std::process::Output {
     Command::new(common::dualfs_binary())
         .arg("mount")

@@ -240,6 +240,30 @@ impl Mount {
         }
     }
 
+    /// Returns the address of the metrics server of the daemon that serves now: the one the
+    /// log names last, because every daemon started on the connection logs its own.
+    pub fn metrics_addr(&self) -> String {
+        for _ in 0..100 {
+            let log = fs::read_to_string(&self.log_path).unwrap_or_default();
+            let latest = log
+                .lines()
+                .rev()
+                .find(|line| line.contains("serving /metrics"));
+            if let Some(line) = latest {
+                let addr = line
+                    .split_whitespace()
+                    .find_map(|word| word.strip_prefix("addr="))
+                    .expect("the log line names the address");
+                return addr.to_string();
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+        panic!(
+            "the daemon never logged its metrics address:\n{}",
+            self.log_tail()
+        );
+    }
+
     /// Process id of the serving daemon that the supervisor runs.
     pub fn serving_pid(&self) -> Option<u32> {
         serving_pid(self.pid()?)
@@ -435,6 +459,31 @@ impl Drop for Mount {
             );
         }
     }
+}
+
+/// Sends one HTTP GET request and returns the status code and body.
+pub fn http_get(addr: &str, path: &str) -> (u16, String) {
+    try_http_get(addr, path).unwrap_or_else(|err| panic!("GET {path} from {addr} failed: {err}"))
+}
+
+/// Like [`http_get`], but returns connection errors instead of panicking.
+pub fn try_http_get(addr: &str, path: &str) -> io::Result<(u16, String)> {
+    use std::io::Write;
+
+    let mut stream = std::net::TcpStream::connect(addr)?;
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    let status = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("malformed response: {response}"));
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    Ok((status, body))
 }
 
 /// The dualfs processes that run, for failure messages.
