@@ -19,6 +19,7 @@ use crate::backend::{Backend, Side};
 use crate::cli::MountArgs;
 use crate::fs::fuse::{FuseAdapter, Gate};
 use crate::fs::handles::HandleTable;
+use crate::fs::inode::InodeTable;
 use crate::fs::passthrough::IoModes;
 use crate::fs::{DualFs, FsConfig};
 use crate::metrics::{Metrics, Snapshot};
@@ -360,6 +361,8 @@ fn serve(args: MountArgs, inherited: Inherited) -> Result<ExitCode> {
     let record = std::fs::File::from(inherited.record);
     let (handles, left_open) =
         HandleTable::with_record(record).context("cannot read the record of open files")?;
+    let nodes_record = std::fs::File::from(inherited.nodes);
+    let handed_nodes = take_node_table(&nodes_record);
     let fs = DualFs::new(
         local,
         remote,
@@ -372,6 +375,7 @@ fn serve(args: MountArgs, inherited: Inherited) -> Result<ExitCode> {
             hydrate: args.hydrate,
         },
         handles,
+        handed_nodes,
         inherited.resume,
     );
 
@@ -404,6 +408,7 @@ fn serve(args: MountArgs, inherited: Inherited) -> Result<ExitCode> {
     let io_modes = Arc::new(IoModes::new(!args.no_passthrough));
     let gate = Arc::new(Gate::default());
     fs.recover_passthrough_writers(&left_open);
+    let inode_table = fs.inode_table();
     let adapter = FuseAdapter::new(fs, metrics.clone(), io_modes.clone(), gate.clone());
     // fuser serves a connection only after an INIT handshake, which runs on the socket that
     // carries the supervisor's copy of the kernel's INIT; the socket's descriptor number is
@@ -453,7 +458,7 @@ fn serve(args: MountArgs, inherited: Inherited) -> Result<ExitCode> {
             let mut unmounting = false;
             for signal in signals.forever() {
                 if signal == SIGUSR1 && !unmounting {
-                    hand_over(&gate, &stopper, request_wait);
+                    hand_over(&gate, &stopper, request_wait, &inode_table, &nodes_record);
                 } else if !unmounting {
                     tracing::info!(signal, "unmounting on signal");
                     unmounting = true;
@@ -496,7 +501,13 @@ fn serve(args: MountArgs, inherited: Inherited) -> Result<ExitCode> {
 
 /// Stops serving for a handover: lets running requests finish, holds new ones unanswered,
 /// leaves queued changes in the journal for the next daemon, and exits.
-fn hand_over(gate: &Gate, replicator: &Replicator, request_wait: Duration) -> ! {
+fn hand_over(
+    gate: &Gate,
+    replicator: &Replicator,
+    request_wait: Duration,
+    inodes: &parking_lot::Mutex<InodeTable>,
+    nodes_record: &std::fs::File,
+) -> ! {
     let started = std::time::Instant::now();
     let running = gate.close(request_wait);
     if running > 0 {
@@ -505,7 +516,41 @@ fn hand_over(gate: &Gate, replicator: &Replicator, request_wait: Duration) -> ! 
             "requests still running at the handover; the next daemon gets them again"
         );
     }
+
+    // No request changes the table any more, so the next daemon gets it exactly.
+    let encoded = inodes.lock().encode();
+    let written = nodes_record
+        .set_len(0)
+        .and_then(|()| std::os::unix::fs::FileExt::write_all_at(nodes_record, &encoded, 0));
+    if let Err(err) = written {
+        tracing::warn!(%err, "cannot hand the node table over; the next daemon walks the trees instead");
+        let _ = nodes_record.set_len(0);
+    }
+
     let left = replicator.shutdown(Duration::ZERO);
     tracing::info!(left, elapsed = ?started.elapsed(), "stopped for a handover; the next daemon continues the queue");
     std::process::exit(crate::supervisor::EXIT_HANDED_OVER);
+}
+
+/// Reads the node table that the previous daemon left at a handover, and empties the record so
+/// a later crash does not read a stale table. `None` after a crash or on a fresh mount.
+fn take_node_table(record: &std::fs::File) -> Option<InodeTable> {
+    let len = record.metadata().ok()?.len() as usize;
+    if len == 0 {
+        return None;
+    }
+    let mut bytes = vec![0u8; len];
+    std::os::unix::fs::FileExt::read_exact_at(record, &mut bytes, 0).ok()?;
+    let _ = record.set_len(0);
+    let table = InodeTable::decode(&bytes);
+    match &table {
+        Some(table) => tracing::info!(
+            nodes = table.len(),
+            "took over the node table of the previous daemon"
+        ),
+        None => tracing::warn!(
+            "the node table of the previous daemon is malformed; walking the trees instead"
+        ),
+    }
+    table
 }

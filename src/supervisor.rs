@@ -34,7 +34,8 @@ use crate::cli::{AfterHandover, MountArgs};
 use crate::mount;
 
 /// Names the inherited descriptors of a serving daemon and its start count:
-/// `FUSE,INIT,RECORD,RESTARTS` (RESTARTS > 0 when an earlier daemon served the connection).
+/// `FUSE,INIT,RECORD,NODES,RESTARTS` (RESTARTS > 0 when an earlier daemon served the
+/// connection).
 pub const SERVE_ENV: &str = "DUALFS_SERVE";
 
 /// The exit code of a daemon that stopped for a handover.
@@ -57,6 +58,8 @@ pub struct Connection {
     pub fuse: OwnedFd,
     /// The record of open files (a memfd), shared by every daemon of the connection.
     pub record: OwnedFd,
+    /// The node table a daemon leaves at a handover (a memfd, empty otherwise).
+    pub nodes: OwnedFd,
     /// The kernel's INIT request, as first read from the connection.
     pub init: Vec<u8>,
     /// How many times a daemon was started again on this connection.
@@ -68,6 +71,7 @@ pub struct Inherited {
     pub fuse: OwnedFd,
     pub init: OwnedFd,
     pub record: OwnedFd,
+    pub nodes: OwnedFd,
     /// Whether an earlier daemon served this connection.
     pub resume: bool,
     /// How many daemons served this connection before this one, minus the first.
@@ -88,8 +92,8 @@ impl Inherited {
                 .and_then(|f| f.parse().ok())
                 .with_context(|| format!("malformed {SERVE_ENV}={value:?}"))
         };
-        let (fuse, init, record) = (parse(0)?, parse(1)?, parse(2)?);
-        let restarts = u64::try_from(parse(3)?).unwrap_or(0);
+        let (fuse, init, record, nodes) = (parse(0)?, parse(1)?, parse(2)?, parse(3)?);
+        let restarts = u64::try_from(parse(4)?).unwrap_or(0);
         // SAFETY: the supervisor passed these open descriptors to this process alone.
         let own = |fd: RawFd| -> Result<OwnedFd> {
             if unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) } != 0 {
@@ -101,6 +105,7 @@ impl Inherited {
             fuse: own(fuse)?,
             init: own(init)?,
             record: own(record)?,
+            nodes: own(nodes)?,
             resume: restarts > 0,
             restarts,
         }))
@@ -132,8 +137,7 @@ fn read_init(fuse: &OwnedFd) -> Result<Vec<u8>> {
     Ok(buf)
 }
 
-fn record_memfd() -> Result<OwnedFd> {
-    let name = c"dualfs-open-files";
+fn memfd(name: &std::ffi::CStr) -> Result<OwnedFd> {
     // SAFETY: memfd_create reads the NUL-terminated name; the result is checked.
     let fd = unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC) };
     if fd < 0 {
@@ -157,11 +161,13 @@ fn establish(args: &MountArgs) -> Result<(Connection, mount::MountPaths)> {
             return Err(err);
         }
     };
-    let record = record_memfd()?;
+    let record = memfd(c"dualfs-open-files")?;
+    let nodes = memfd(c"dualfs-nodes")?;
     Ok((
         Connection {
             fuse,
             record,
+            nodes,
             init,
             restarts: 0,
         },
@@ -192,16 +198,17 @@ fn spawn(exe: &Path, conn: &Connection, restarts: u64, events: &Sender<Event>) -
         conn.fuse.as_raw_fd(),
         theirs.as_raw_fd(),
         conn.record.as_raw_fd(),
+        conn.nodes.as_raw_fd(),
     ];
     let mut command = Command::new(exe);
     command.args(std::env::args_os().skip(1)).env(
         SERVE_ENV,
         format!(
-            "{},{},{},{}",
-            inherited[0], inherited[1], inherited[2], restarts
+            "{},{},{},{},{}",
+            inherited[0], inherited[1], inherited[2], inherited[3], restarts
         ),
     );
-    // SAFETY: fcntl is async-signal-safe; it only lets the three descriptors cross exec.
+    // SAFETY: fcntl is async-signal-safe; it only lets the inherited descriptors cross exec.
     unsafe {
         command.pre_exec(move || {
             for fd in inherited {
@@ -322,7 +329,11 @@ fn send_connection(stream: &UnixStream, conn: &Connection, restarts: u64) -> Res
         init: conn.init.clone(),
         restarts,
     })?;
-    let fds = [conn.fuse.as_raw_fd(), conn.record.as_raw_fd()];
+    let fds = [
+        conn.fuse.as_raw_fd(),
+        conn.record.as_raw_fd(),
+        conn.nodes.as_raw_fd(),
+    ];
     let cmsg = [ControlMessage::ScmRights(&fds)];
     let iov = [std::io::IoSlice::new(&offer)];
     sendmsg::<()>(stream.as_raw_fd(), &iov, &cmsg, MsgFlags::empty(), None)
@@ -347,7 +358,7 @@ fn take_over(socket: &Path, paths: &mount::MountPaths) -> Result<Connection> {
     stream.set_read_timeout(Some(HANDOVER_STOP_TIMEOUT + Duration::from_secs(30)))?;
 
     let mut buf = vec![0u8; 64 * 1024];
-    let mut space = nix::cmsg_space!([RawFd; 2]);
+    let mut space = nix::cmsg_space!([RawFd; 3]);
     let mut iov = [std::io::IoSliceMut::new(&mut buf)];
     let message = recvmsg::<()>(
         stream.as_raw_fd(),
@@ -374,12 +385,13 @@ fn take_over(socket: &Path, paths: &mount::MountPaths) -> Result<Connection> {
         bail!("the running dualfs rejected the takeover: {error}");
     }
     let mut fds = fds.into_iter();
-    let (Some(fuse), Some(record)) = (fds.next(), fds.next()) else {
+    let (Some(fuse), Some(record), Some(nodes)) = (fds.next(), fds.next(), fds.next()) else {
         bail!("the running dualfs sent no FUSE connection");
     };
     Ok(Connection {
         fuse,
         record,
+        nodes,
         init: offer.init,
         // The new daemon is one more start on the connection.
         restarts: offer.restarts + 1,

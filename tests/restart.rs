@@ -287,6 +287,34 @@ fn namespace_changes_in_flight_at_a_kill_succeed() {
     drop(local);
 }
 
+/// A takeover hands the node table over, so the new daemon resolves the kernel's node ids
+/// without walking the trees (which takes long on a large EFS tree).
+#[test]
+fn takeover_hands_node_table_over() {
+    let mut mount = Mount::start();
+    fs::create_dir_all(mount.path().join("a/b")).unwrap();
+    fs::write(mount.path().join("a/b/file"), b"content").unwrap();
+    let mut open = File::open(mount.path().join("a/b/file")).unwrap();
+
+    mount.take_over();
+    let mut content = String::new();
+    open.read_to_string(&mut content).unwrap();
+    assert_eq!(content, "content");
+    assert_eq!(fs::read(mount.path().join("a/b/file")).unwrap(), b"content");
+
+    let log = mount.log_tail();
+    assert!(
+        log.contains("took over the node table of the previous daemon"),
+        "the new daemon did not get the node table:\n{log}"
+    );
+    assert!(
+        !log.contains("learned the node ids of the previous daemon"),
+        "the new daemon walked the trees although it got the table:\n{log}"
+    );
+    drop(open);
+    converge(mount);
+}
+
 /// The restarts of the serving daemon on a live connection are counted in /metrics, across
 /// takeovers too.
 #[test]

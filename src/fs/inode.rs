@@ -8,6 +8,7 @@
 
 use std::collections::HashMap;
 use std::ffi::{OsStr, OsString};
+use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
 
 pub const ROOT: u64 = 1;
@@ -192,6 +193,57 @@ impl InodeTable {
         }
     }
 
+    /// Encodes every node with its names and kernel references, for the daemon that takes the
+    /// connection over. Per node: id, references, name count; per name: parent id, name
+    /// length (u16) and bytes; all little-endian.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.nodes.len() * 48);
+        for (id, node) in &self.nodes {
+            out.extend_from_slice(&id.to_le_bytes());
+            out.extend_from_slice(&node.nlookup.to_le_bytes());
+            out.extend_from_slice(&(node.aliases.len() as u32).to_le_bytes());
+            for (parent, name) in &node.aliases {
+                let name = name.as_bytes();
+                out.extend_from_slice(&parent.to_le_bytes());
+                out.extend_from_slice(&(name.len() as u16).to_le_bytes());
+                out.extend_from_slice(name);
+            }
+        }
+        out
+    }
+
+    /// Rebuilds a table from `encode`'s output; `None` when the bytes are malformed.
+    pub fn decode(mut bytes: &[u8]) -> Option<InodeTable> {
+        fn take<'a>(bytes: &mut &'a [u8], len: usize) -> Option<&'a [u8]> {
+            if bytes.len() < len {
+                return None;
+            }
+            let (head, rest) = bytes.split_at(len);
+            *bytes = rest;
+            Some(head)
+        }
+        let u64_of = |b: &[u8]| u64::from_le_bytes(b.try_into().expect("8 bytes"));
+
+        let mut table = InodeTable::new();
+        while !bytes.is_empty() {
+            let id = u64_of(take(&mut bytes, 8)?);
+            let nlookup = u64_of(take(&mut bytes, 8)?);
+            let count = u32::from_le_bytes(take(&mut bytes, 4)?.try_into().ok()?);
+            let mut aliases = Vec::with_capacity(count.min(1024) as usize);
+            for _ in 0..count {
+                let parent = u64_of(take(&mut bytes, 8)?);
+                let len = u16::from_le_bytes(take(&mut bytes, 2)?.try_into().ok()?);
+                let name = OsStr::from_bytes(take(&mut bytes, len as usize)?).to_os_string();
+                aliases.push((parent, name));
+            }
+            for alias in &aliases {
+                table.children.insert(alias.clone(), id);
+            }
+            table.nodes.insert(id, Node { aliases, nlookup });
+        }
+        Some(table)
+    }
+
     /// Returns the node known under `name` in `parent`, if any.
     pub fn child(&self, parent: u64, name: &OsStr) -> Option<u64> {
         self.children.get(&(parent, name.to_os_string())).copied()
@@ -201,6 +253,23 @@ impl InodeTable {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn encoded_table_decodes_to_the_same_paths() {
+        let mut table = InodeTable::new();
+        table.lookup(ROOT, OsStr::new("dir"), 10);
+        table.lookup(10, OsStr::new("file"), 11);
+        table.lookup(ROOT, OsStr::new("link"), 11);
+        table.lookup(10, OsStr::new("file"), 11);
+
+        let decoded = InodeTable::decode(&table.encode()).expect("decodes");
+        assert_eq!(decoded.len(), table.len());
+        assert_eq!(decoded.path(11), table.path(11));
+        assert_eq!(decoded.path(10), Some(PathBuf::from("dir")));
+        assert_eq!(decoded.child(ROOT, OsStr::new("link")), Some(11));
+        assert_eq!(decoded.nodes[&11].nlookup, 3);
+        assert!(InodeTable::decode(&table.encode()[..7]).is_none());
+    }
 
     #[test]
     fn hard_links_share_one_node() {

@@ -69,7 +69,7 @@ pub struct Caller {
 pub struct DualFs {
     local: Arc<Backend>,
     remote: Arc<Backend>,
-    inodes: Mutex<InodeTable>,
+    inodes: Arc<Mutex<InodeTable>>,
     handles: HandleTable,
     cache: Arc<AttrCache>,
     replicator: Arc<Replicator>,
@@ -89,12 +89,13 @@ impl DualFs {
         replicator: Arc<Replicator>,
         config: FsConfig,
         handles: HandleTable,
+        inodes: Option<InodeTable>,
         resumed: bool,
     ) -> DualFs {
         DualFs {
             local,
             remote,
-            inodes: Mutex::new(InodeTable::new()),
+            inodes: Arc::new(Mutex::new(inodes.unwrap_or_default())),
             handles,
             cache: Arc::new(AttrCache::new(config.cache_size, config.cache_ttl)),
             replicator,
@@ -102,6 +103,11 @@ impl DualFs {
             rediscovery: resumed.then(|| Mutex::new(false)),
             passthrough_writers: Mutex::new(std::collections::HashSet::new()),
         }
+    }
+
+    /// Returns the shared node table, for handing it to the daemon that takes over.
+    pub fn inode_table(&self) -> Arc<Mutex<InodeTable>> {
+        self.inodes.clone()
     }
 
     pub fn config(&self) -> &FsConfig {
