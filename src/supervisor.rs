@@ -438,6 +438,12 @@ pub fn run(args: MountArgs) -> Result<ExitCode> {
         (conn, false, paths)
     };
 
+    if !kernel_resends(&conn.init) {
+        tracing::warn!(
+            fuse = protocol_version(&conn.init),
+            "this kernel cannot resend requests (FUSE_NOTIFY_RESEND needs Linux 6.9): after a daemon crash, calls the dead daemon had read stay blocked, and takeovers are rejected"
+        );
+    }
     let (events_tx, events) = crossbeam_channel::unbounded();
     signals(events_tx.clone())?;
     if let Err(err) = listen(&socket, events_tx.clone()) {
@@ -540,6 +546,12 @@ fn supervise(
                     );
                     continue;
                 }
+                if !kernel_resends(&conn.init) {
+                    reject(&stream, &format!(
+                        "the kernel speaks FUSE {}, which cannot resend requests (FUSE_NOTIFY_RESEND needs 7.40, Linux 6.9), so requests arriving during a takeover would never be answered; unmount and mount again instead",
+                        protocol_version(&conn.init)));
+                    continue;
+                }
                 tracing::info!(
                     "a new dualfs asked for this mount; stopping the daemon for the handover"
                 );
@@ -582,6 +594,27 @@ fn supervise(
     }
 }
 
+/// Returns the FUSE protocol version (major, minor) of the kernel's INIT request, whose
+/// fuse_init_in follows the 40-byte fuse_in_header with major, then minor.
+fn init_version(init: &[u8]) -> (u32, u32) {
+    let word = |at: usize| {
+        init.get(at..at + 4)
+            .map_or(0, |b| u32::from_le_bytes(b.try_into().expect("4 bytes")))
+    };
+    (word(40), word(44))
+}
+
+/// Returns the FUSE protocol version of the kernel's INIT request as `major.minor`.
+fn protocol_version(init: &[u8]) -> String {
+    let (major, minor) = init_version(init);
+    format!("{major}.{minor}")
+}
+
+/// Whether the kernel can resend unanswered requests: FUSE 7.40 (Linux 6.9) or later.
+fn kernel_resends(init: &[u8]) -> bool {
+    init_version(init) >= (7, 40)
+}
+
 /// Asks the kernel to send again every request that an earlier daemon read but did not
 /// reply to (FUSE_NOTIFY_RESEND, Linux 6.9 and later).
 pub fn request_resend(fuse: impl AsFd) -> std::io::Result<()> {
@@ -591,4 +624,26 @@ pub fn request_resend(fuse: impl AsFd) -> std::io::Result<()> {
     header[4..8].copy_from_slice(&FUSE_NOTIFY_RESEND.to_le_bytes());
     nix::unistd::write(fuse, &header)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn init_of(major: u32, minor: u32) -> Vec<u8> {
+        let mut init = vec![0u8; 104];
+        init[4..8].copy_from_slice(&FUSE_INIT.to_le_bytes());
+        init[40..44].copy_from_slice(&major.to_le_bytes());
+        init[44..48].copy_from_slice(&minor.to_le_bytes());
+        init
+    }
+
+    #[test]
+    fn resend_needs_protocol_7_40() {
+        assert!(kernel_resends(&init_of(7, 45)));
+        assert!(kernel_resends(&init_of(7, 40)));
+        assert!(!kernel_resends(&init_of(7, 39)));
+        assert!(!kernel_resends(&[0u8; 10]));
+        assert_eq!(protocol_version(&init_of(7, 38)), "7.38");
+    }
 }
