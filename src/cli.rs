@@ -138,14 +138,16 @@ pub struct MountArgs {
     #[arg(long, value_parser = parse_duration, default_value = "60s", value_name = "DURATION")]
     pub drain_timeout: Duration,
 
-    /// If MOUNTPOINT is already served by a running dualfs, take its FUSE connection over
-    /// instead of failing: applications keep their open files (for upgrades). Without a
-    /// running dualfs, mount as usual.
+    /// If MOUNTPOINT is already served by a running dualfs with the same --local and
+    /// --remote, take its FUSE connection over through --handover-socket instead of failing:
+    /// applications keep their open files (for upgrades). Without a running dualfs, mount as
+    /// usual.
     #[arg(long)]
     pub takeover: bool,
 
-    /// The Unix socket where this mount listens for a takeover and where --takeover requests
-    /// one [default: /run/dualfs/<mount point with / as ->.sock].
+    /// The Unix socket where this mount listens for a takeover and where --takeover sends its
+    /// request [default: /run/dualfs/ and the mount point escaped as systemd escapes unit
+    /// names, such as var-lib-dualfs-mnt.sock].
     #[arg(long, value_name = "PATH")]
     pub handover_socket: Option<PathBuf>,
 

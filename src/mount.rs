@@ -4,6 +4,7 @@
 use std::ffi::CString;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -115,9 +116,18 @@ pub fn check_paths(local: &Path, remote: &Path, mountpoint: &Path) -> Result<Mou
 
 fn prepare_state_dir(local: &Path) -> Result<()> {
     let state = local.join(STATE_DIR);
-    match std::fs::create_dir(&state) {
+    // The state folder holds the journal, which names every changed path: daemon user only.
+    let created = std::fs::DirBuilder::new().mode(0o700).create(&state);
+    match created {
         Ok(()) => Ok(()),
-        Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists && state.is_dir() => Ok(()),
+        Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists && state.is_dir() => {
+            // Older versions created it readable by everyone.
+            let _ = std::fs::set_permissions(
+                &state,
+                std::os::unix::fs::PermissionsExt::from_mode(0o700),
+            );
+            Ok(())
+        }
         Err(err) => Err(err).with_context(|| {
             format!(
                 "cannot create the state folder {}; the local directory must be writable",
@@ -272,6 +282,7 @@ pub fn lock_local_tree(local: &Path) -> Result<std::fs::File> {
         .create(true)
         .truncate(false)
         .write(true)
+        .mode(0o600)
         .open(&path)
         .with_context(|| format!("cannot open the lock file {}", path.display()))?;
     // SAFETY: flock on an open descriptor; the result is checked.
@@ -308,8 +319,17 @@ pub(crate) fn serving_paths(args: &MountArgs) -> Result<MountPaths> {
     Ok(MountPaths {
         local: canonical_dir(&args.local, "local", "--local")?,
         remote: canonical_dir(&args.remote, "remote", "--remote")?,
-        mountpoint: std::path::absolute(&args.mountpoint)?,
+        mountpoint: mount_point_path(&args.mountpoint)?,
     })
+}
+
+/// Returns the mount point as mount tables list it: canonical, or for a mount point that
+/// cannot be resolved (a dead mount) absolute without a trailing slash or `.` components.
+pub(crate) fn mount_point_path(path: &Path) -> Result<PathBuf> {
+    match std::fs::canonicalize(path) {
+        Ok(canonical) => Ok(canonical),
+        Err(_) => Ok(std::path::absolute(path)?.components().collect()),
+    }
 }
 
 /// `dualfs mount`: a supervisor, or the serving daemon it started.
@@ -432,7 +452,7 @@ fn serve(args: MountArgs, inherited: Inherited) -> Result<ExitCode> {
         }
         tracing::info!(
             open_files = left_open.len(),
-            "took over the connection of the previous daemon"
+            "resumed the connection of the previous daemon"
         );
     }
     metrics.set_daemon_restarts(inherited.restarts);
@@ -553,4 +573,24 @@ fn take_node_table(record: &std::fs::File) -> Option<InodeTable> {
         ),
     }
     table
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mount_point_path_drops_trailing_slash() {
+        let missing = Path::new("/nonexistent-dualfs-test/mnt/");
+        assert_eq!(
+            mount_point_path(missing).unwrap(),
+            PathBuf::from("/nonexistent-dualfs-test/mnt")
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let with_slash = PathBuf::from(format!("{}/", dir.path().display()));
+        assert_eq!(
+            mount_point_path(&with_slash).unwrap(),
+            std::fs::canonicalize(dir.path()).unwrap()
+        );
+    }
 }

@@ -113,13 +113,31 @@ impl Inherited {
 }
 
 /// Returns the socket path where the supervisor of `mountpoint` listens for a takeover,
-/// unless --handover-socket names another path.
+/// unless --handover-socket names another path: the mount point escaped as systemd does for
+/// unit names (`/` becomes `-`, and `-` and other bytes become `\xNN`), so two mount points
+/// never share a socket. A name too long for a socket address is replaced by a hash.
 pub fn default_socket(mountpoint: &Path) -> PathBuf {
-    let name = mountpoint
-        .to_string_lossy()
-        .trim_start_matches('/')
-        .replace('/', "-");
-    PathBuf::from("/run/dualfs").join(format!("{name}.sock"))
+    let mut name = String::new();
+    let bytes = mountpoint.as_os_str().as_encoded_bytes();
+    let trimmed = bytes.strip_prefix(b"/").unwrap_or(bytes);
+    for (index, &byte) in trimmed.iter().enumerate() {
+        match byte {
+            b'/' => name.push('-'),
+            b'.' if index == 0 => name.push_str("\\x2e"),
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'_' | b'.' => name.push(byte as char),
+            _ => name.push_str(&format!("\\x{byte:02x}")),
+        }
+    }
+    let dir = PathBuf::from("/run/dualfs");
+    // sun_path holds 108 bytes with the terminating NUL.
+    if dir.as_os_str().len() + 1 + name.len() + ".sock".len() >= 108 {
+        let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+        for &byte in bytes {
+            hash = (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3);
+        }
+        name = format!("mount-{hash:016x}");
+    }
+    dir.join(format!("{name}.sock"))
 }
 
 /// Reads the kernel's INIT request from a freshly mounted connection.
@@ -274,10 +292,19 @@ struct Offer {
     restarts: u64,
 }
 
-fn listen(path: &Path, events: Sender<Event>) -> Result<()> {
+/// Listens for takeover requests on `path`. A socket file left there is replaced when nothing
+/// answers on it, or when `replace` is set (after a takeover, the old supervisor that listened
+/// there has handed its mount over); a live one of another mount is an error.
+fn listen(path: &Path, replace: bool, events: Sender<Event>) -> Result<()> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)
             .with_context(|| format!("cannot create the socket folder {}", dir.display()))?;
+    }
+    if !replace && UnixStream::connect(path).is_ok() {
+        bail!(
+            "another dualfs listens for takeovers on {}; give this mount its own --handover-socket",
+            path.display()
+        );
     }
     let _ = std::fs::remove_file(path);
     let listener = UnixListener::bind(path).with_context(|| {
@@ -421,20 +448,51 @@ fn exit_code(status: ExitStatus) -> ExitCode {
 /// `dualfs mount`: mounts (or takes over a running mount) and supervises the daemon.
 pub fn run(args: MountArgs) -> Result<ExitCode> {
     let exe = std::env::current_exe().context("cannot find the dualfs binary")?;
-    let mountpoint = std::path::absolute(&args.mountpoint)?;
+    let mountpoint = mount::mount_point_path(&args.mountpoint)?;
     let socket = args
         .handover_socket
         .clone()
         .unwrap_or_else(|| default_socket(&mountpoint));
+    let (events_tx, events) = crossbeam_channel::unbounded();
 
-    let (conn, resumed, paths) = if args.takeover && mount::is_live_dualfs(&mountpoint) {
+    let takeover = args.takeover && mount::is_live_dualfs(&mountpoint);
+    if args.takeover && !takeover {
+        tracing::info!(mountpoint = %mountpoint.display(), "no running dualfs serves the mount point; mounting");
+    }
+    // A socket path given on the command line must work, so it is checked before mounting;
+    // the default one only costs takeovers when it cannot be used.
+    if !takeover {
+        if let Err(err) = listen(&socket, false, events_tx.clone()) {
+            if args.handover_socket.is_some() {
+                return Err(err);
+            }
+            tracing::warn!(
+                error = format!("{err:#}"),
+                "takeovers of this mount are not possible"
+            );
+        }
+    }
+
+    let (conn, resumed, paths) = if takeover {
         let paths = mount::serving_paths(&args)?;
         let started = Instant::now();
         let conn = take_over(&socket, &paths)?;
         tracing::info!(elapsed = ?started.elapsed(), mountpoint = %paths.mountpoint.display(), "took over the running mount");
+        if let Err(err) = listen(&socket, true, events_tx.clone()) {
+            tracing::warn!(
+                error = format!("{err:#}"),
+                "takeovers of this mount are not possible"
+            );
+        }
         (conn, true, paths)
     } else {
-        let (conn, paths) = establish(&args)?;
+        let (conn, paths) = match establish(&args) {
+            Ok(established) => established,
+            Err(err) => {
+                let _ = std::fs::remove_file(&socket);
+                return Err(err);
+            }
+        };
         (conn, false, paths)
     };
 
@@ -444,11 +502,7 @@ pub fn run(args: MountArgs) -> Result<ExitCode> {
             "this kernel cannot resend requests (FUSE_NOTIFY_RESEND needs Linux 6.9): after a daemon crash, calls the dead daemon had read stay blocked, and takeovers are rejected"
         );
     }
-    let (events_tx, events) = crossbeam_channel::unbounded();
     signals(events_tx.clone())?;
-    if let Err(err) = listen(&socket, events_tx.clone()) {
-        tracing::warn!(%err, "takeovers of this mount are not possible");
-    }
     let outcome = supervise(&exe, &conn, resumed, &paths, &events, &events_tx);
     if !matches!(outcome, Ok(Outcome::HandedOver)) {
         let _ = std::fs::remove_file(&socket);
@@ -533,6 +587,7 @@ fn supervise(
                     && request.remote == paths.remote
                     && request.mountpoint == paths.mountpoint;
                 if !matches {
+                    tracing::warn!(local = %request.local.display(), remote = %request.remote.display(), mountpoint = %request.mountpoint.display(), "rejected a takeover request for other directories");
                     reject(&stream, &format!(
                         "this mount serves local {}, remote {} at {}; the new daemon asked for local {}, remote {} at {}",
                         paths.local.display(), paths.remote.display(), paths.mountpoint.display(),
@@ -636,6 +691,20 @@ mod tests {
         init[40..44].copy_from_slice(&major.to_le_bytes());
         init[44..48].copy_from_slice(&minor.to_le_bytes());
         init
+    }
+
+    #[test]
+    fn default_sockets_of_two_mount_points_differ() {
+        let dashed = default_socket(Path::new("/tmp/x-y"));
+        let nested = default_socket(Path::new("/tmp/x/y"));
+        assert_ne!(dashed, nested);
+        assert_eq!(nested, PathBuf::from("/run/dualfs/tmp-x-y.sock"));
+        assert_eq!(dashed, PathBuf::from("/run/dualfs/tmp-x\\x2dy.sock"));
+
+        let long = format!("/{}", "d".repeat(200));
+        let hashed = default_socket(Path::new(&long));
+        assert!(hashed.as_os_str().len() < 108, "{}", hashed.display());
+        assert_ne!(hashed, default_socket(Path::new(&format!("{long}e"))));
     }
 
     #[test]

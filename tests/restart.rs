@@ -6,6 +6,7 @@ mod common;
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -350,6 +351,45 @@ fn assert_restarts(mount: &Mount, expected: u64) {
         thread::sleep(Duration::from_millis(20));
     }
     panic!("/metrics never showed {wanted:?}; last seen {last:?}");
+}
+
+/// Two mounts given the same --handover-socket: the second is rejected before it mounts,
+/// instead of taking the first one's socket.
+#[test]
+fn shared_handover_socket_rejected() {
+    let socket_dir = tempfile::tempdir().unwrap();
+    let socket = socket_dir.path().join("shared.sock");
+    let socket_arg = format!("--handover-socket={}", socket.display());
+    let first = Mount::start_with_args(&[&socket_arg]);
+
+    let second = tempfile::tempdir().unwrap();
+    for dir in ["local", "remote", "mnt"] {
+        fs::create_dir(second.path().join(dir)).unwrap();
+    }
+    let output = Command::new(common::dualfs_binary())
+        .arg("mount")
+        .arg("--local")
+        .arg(second.path().join("local"))
+        .arg("--remote")
+        .arg(second.path().join("remote"))
+        .arg("--metrics-addr=off")
+        .arg(&socket_arg)
+        .arg(second.path().join("mnt"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        !output.status.success(),
+        "the second mount started: {stderr}"
+    );
+    assert!(
+        stderr.contains("another dualfs listens for takeovers"),
+        "unexpected error: {stderr}"
+    );
+    assert_eq!(common::mount_fs_type(&second.path().join("mnt")), None);
+    // The first mount still owns its socket.
+    assert!(UnixStream::connect(&socket).is_ok());
+    converge(first);
 }
 
 fn dualfs_takeover(mount: &Mount, local: &Path) -> std::process::Output {

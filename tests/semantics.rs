@@ -516,3 +516,21 @@ fn writer_opened_while_a_reader_is_open() {
     );
     assert_no_differences(&compare_trees(mount.local(), mount.remote()), "remote");
 }
+
+/// The journal names every changed path, so the state folder and its files are private to
+/// the daemon's user whatever the umask.
+#[test]
+fn state_folder_is_private() {
+    let mut mount = Mount::start();
+    fs::write(mount.path().join("file"), b"x").unwrap();
+    mount.wait_synced();
+    let state = mount.local().join(".dualfs");
+    let mode = |path: &Path| fs::metadata(path).unwrap().mode() & 0o777;
+    assert_eq!(mode(&state), 0o700);
+    assert_eq!(mode(&state.join("journal")), 0o700);
+    assert_eq!(mode(&state.join("lock")), 0o600);
+    for segment in fs::read_dir(state.join("journal")).unwrap() {
+        let path = segment.unwrap().path();
+        assert_eq!(mode(&path), 0o600, "{}", path.display());
+    }
+}

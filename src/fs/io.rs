@@ -32,6 +32,8 @@ impl DualFs {
         }
         let slot = self.handles.slot(fh).ok_or(Errno::EBADF)?;
         // A file opened before this daemon took over: open it again by its path.
+        // NOTE: a file unlinked while open has no path left, so its handle fails with ESTALE
+        // after a restart; keeping such files under a hidden name would let them reopen.
         let path = self.node_path(slot.id).map_err(|_| Errno::ESTALE)?;
         let flags = slot.flags & !(STRIPPED_FLAGS | libc::O_TRUNC);
         let file = self.on_side(slot.side, move |backend| backend.open_file(&path, flags, 0))?;

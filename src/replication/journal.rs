@@ -17,6 +17,7 @@ use std::ffi::OsString;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -140,7 +141,12 @@ fn sync_dir(dir: &Path) -> Result<(), JournalError> {
 impl Journal {
     /// Opens the journal in `dir` (creating it), replays it and starts the group-commit thread.
     pub fn open(dir: &Path) -> Result<(Arc<Journal>, Replay), JournalError> {
-        fs::create_dir_all(dir).map_err(io_error(dir))?;
+        // The journal names every changed path, so only the daemon's user may read it.
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(io_error(dir))?;
         let (segments, mut replay, last_snapshot_bytes) = read_segments(dir)?;
 
         let active_id = segments.last().map_or(1, |(id, _)| id + 1);
@@ -148,6 +154,7 @@ impl Journal {
         let mut active = OpenOptions::new()
             .create_new(true)
             .append(true)
+            .mode(0o600)
             .open(&active_path)
             .map_err(io_error(&active_path))?;
         active
@@ -316,7 +323,12 @@ impl Journal {
         let temporary = self.dir.join(format!("{}.tmp", segment_name(id)));
 
         let write = || -> io::Result<File> {
-            let mut file = File::create(&temporary)?;
+            let mut file = OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&temporary)?;
             file.write_all(&header(KIND_SNAPSHOT))?;
             file.write_all(records)?;
             file.sync_all()?;
