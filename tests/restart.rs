@@ -6,6 +6,7 @@ mod common;
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::MetadataExt;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -286,6 +287,49 @@ fn namespace_changes_in_flight_at_a_kill_succeed() {
     assert!(!mount.path().join("doomed").exists());
     converge(mount);
     drop(local);
+}
+
+/// A file unlinked while open (a temporary file) keeps working through a kill and a
+/// takeover, and its hidden link goes with its last handle.
+#[test]
+fn unlinked_open_file_survives_restarts() {
+    let mut mount = Mount::start();
+    let path = mount.path().join("scratch.tmp");
+    let mut file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&path)
+        .unwrap();
+    file.write_all(b"before ").unwrap();
+    fs::remove_file(&path).unwrap();
+    assert_eq!(file.metadata().unwrap().nlink(), 0);
+
+    mount.kill_serving_daemon();
+    file.write_all(b"kill ").unwrap();
+    mount.take_over();
+    file.write_all(b"takeover").unwrap();
+    file.sync_all().unwrap();
+    let mut content = String::new();
+    file.seek(SeekFrom::Start(0)).unwrap();
+    file.read_to_string(&mut content).unwrap();
+    assert_eq!(content, "before kill takeover");
+    assert_eq!(file.metadata().unwrap().nlink(), 0);
+    assert!(!path.exists());
+    drop(file);
+
+    // The release reaches the daemon after close returns.
+    let orphans = mount.local().join(".dualfs/orphans");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while fs::read_dir(&orphans).map_or(0, |d| d.count()) > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the hidden link outlived the last handle"
+        );
+        thread::sleep(Duration::from_millis(10));
+    }
+    converge(mount);
 }
 
 /// A takeover hands the node table over, so the new daemon resolves the kernel's node ids

@@ -216,6 +216,11 @@ impl HandleTable {
         self.files.read().get(&fh).cloned()
     }
 
+    /// Whether node `id` has an open file handle, also one left by an earlier daemon.
+    pub fn is_open(&self, id: u64) -> bool {
+        self.slots.lock().live.values().any(|slot| slot.id == id)
+    }
+
     /// Returns any open handle of node `id`, for attributes of a file whose last name was
     /// removed while it was open.
     pub fn any_file_of(&self, id: u64) -> Option<Arc<FileHandle>> {

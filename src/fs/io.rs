@@ -31,18 +31,23 @@ impl DualFs {
             return Ok(handle);
         }
         let slot = self.handles.slot(fh).ok_or(Errno::EBADF)?;
-        // A file opened before this daemon took over: open it again by its path.
-        // NOTE: a file unlinked while open has no path left, so its handle fails with ESTALE
-        // after a restart; keeping such files under a hidden name would let them reopen.
-        let path = self.node_path(slot.id).map_err(|_| Errno::ESTALE)?;
+        // A file opened before this daemon took over: open it again by its path, or by its
+        // hidden link once its last name was removed.
+        let (path, side) = match self.node_path(slot.id) {
+            Ok(path) => (path, slot.side),
+            Err(_) if self.orphans.lock().contains(&slot.id) => {
+                (super::orphans::orphan_path(slot.id), Side::Local)
+            }
+            Err(_) => return Err(Errno::ESTALE),
+        };
         let flags = slot.flags & !(STRIPPED_FLAGS | libc::O_TRUNC);
-        let file = self.on_side(slot.side, move |backend| backend.open_file(&path, flags, 0))?;
+        let file = self.on_side(side, move |backend| backend.open_file(&path, flags, 0))?;
         Ok(self.handles.restore_file(
             fh,
             FileHandle {
                 file,
                 id: slot.id,
-                side: slot.side,
+                side,
             },
         ))
     }
@@ -159,7 +164,11 @@ impl DualFs {
             tracing::warn!(%errno, fh, "cannot record the writes of a closed passthrough writer");
         }
         self.passthrough_writers.lock().remove(&fh);
+        let id = self.handles.slot(fh).map(|slot| slot.id);
         self.handles.remove_file(fh);
+        if let Some(id) = id {
+            self.release_orphan(id);
+        }
     }
 
     /// Flushes the local file; in sync mode also waits for its remote copy, up to the

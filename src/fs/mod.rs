@@ -13,6 +13,7 @@ pub mod handles;
 pub mod inode;
 mod io;
 mod namespace;
+mod orphans;
 pub mod passthrough;
 pub mod xattr;
 
@@ -80,6 +81,8 @@ pub struct DualFs {
     /// Handles that write through FUSE passthrough, which dualfs does not see: their file is
     /// recorded whole when they are opened, synced and released.
     passthrough_writers: Mutex<std::collections::HashSet<u64>>,
+    /// Open files whose last name was removed, kept under a hidden link (see `orphans`).
+    orphans: orphans::OrphanSet,
 }
 
 impl DualFs {
@@ -92,7 +95,7 @@ impl DualFs {
         inodes: Option<InodeTable>,
         resumed: bool,
     ) -> DualFs {
-        DualFs {
+        let fs = DualFs {
             local,
             remote,
             inodes: Arc::new(Mutex::new(inodes.unwrap_or_default())),
@@ -102,7 +105,10 @@ impl DualFs {
             config,
             rediscovery: resumed.then(|| Mutex::new(false)),
             passthrough_writers: Mutex::new(std::collections::HashSet::new()),
-        }
+            orphans: Mutex::new(std::collections::HashSet::new()),
+        };
+        fs.load_orphans(resumed);
+        fs
     }
 
     /// Returns the shared node table, for handing it to the daemon that takes over.
@@ -264,7 +270,7 @@ impl DualFs {
         self.inodes.lock().lookup(parent, name, id);
         Entry {
             id,
-            attr: attr::to_file_attr(id, st),
+            attr: self.file_attr(id, st),
         }
     }
 
@@ -296,10 +302,10 @@ impl DualFs {
         });
         if let Some(handle) = handle {
             let st = crate::backend::fstat(std::os::fd::AsFd::as_fd(&handle.file))?;
-            return Ok(attr::to_file_attr(id, &st));
+            return Ok(self.file_attr(id, &st));
         }
         let (_, st) = self.resolve(&path?)?;
-        Ok(attr::to_file_attr(id, &st))
+        Ok(self.file_attr(id, &st))
     }
 
     /// Makes sure the local tree holds `path`, copying it from the remote tree when only the

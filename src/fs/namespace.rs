@@ -7,7 +7,7 @@ use std::path::Path;
 use fuser::FileAttr;
 use nix::errno::Errno;
 
-use super::attr::{to_file_attr, to_timespec};
+use super::attr::to_timespec;
 use super::creds::CallerIdentity;
 use super::{Caller, DualFs, Entry, FsResult};
 use crate::backend::{self, file_type, Side};
@@ -105,6 +105,7 @@ impl DualFs {
 
     pub fn unlink(&self, parent: u64, name: &OsStr) -> FsResult<()> {
         let path = self.child_path(parent, name)?;
+        self.keep_if_open(&path)?;
         self.replicator
             .record(Op::new(path.clone(), OpKind::Unlink), || {
                 match self.local.unlink(&path) {
@@ -189,6 +190,9 @@ impl DualFs {
             return Err(Errno::EEXIST);
         }
 
+        if !exchange {
+            self.keep_if_open(&to)?;
+        }
         let is_dir = self
             .local
             .lstat(&from)
@@ -232,7 +236,7 @@ impl DualFs {
                 None => set_attrs_fd(fd, &change)?,
             }
             let st = backend::fstat(std::os::fd::AsFd::as_fd(&handle.file))?;
-            return Ok(to_file_attr(id, &st));
+            return Ok(self.file_attr(id, &st));
         }
 
         let path = path.ok_or(Errno::ENOENT)?;
@@ -241,7 +245,7 @@ impl DualFs {
             self.set_attrs_path(&path, &change)
         })?;
         let st = self.local.lstat(&path)?;
-        Ok(to_file_attr(id, &st))
+        Ok(self.file_attr(id, &st))
     }
 
     fn set_attrs_path(&self, path: &Path, change: &SetAttr) -> FsResult<()> {
