@@ -343,7 +343,15 @@ pub fn run(args: MountArgs) -> Result<ExitCode> {
 /// Serves the FUSE connection a supervisor passed down, until it is unmounted, then drains
 /// the replication queue.
 fn serve(args: MountArgs, inherited: Inherited) -> Result<ExitCode> {
-    let paths = serving_paths(&args)?;
+    // The mount point must not be touched here: this daemon does not serve it yet, so any
+    // access to it would wait for this very process.
+    let paths = MountPaths {
+        local: canonical_dir(&args.local, "local", "--local")?,
+        remote: canonical_dir(&args.remote, "remote", "--remote")?,
+        mountpoint: std::path::absolute(&args.mountpoint)?
+            .components()
+            .collect(),
+    };
     let _lock = lock_local_tree(&paths.local)?;
     // Modes arrive already masked by the kernel; our own umask must not mask them again.
     // SAFETY: umask has no preconditions.

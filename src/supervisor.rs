@@ -297,6 +297,12 @@ struct Offer {
 /// there has handed its mount over); a live one of another mount is an error.
 fn listen(path: &Path, replace: bool, events: Sender<Event>) -> Result<()> {
     if let Some(dir) = path.parent() {
+        if dir.exists() && !dir.is_dir() {
+            bail!(
+                "the socket folder {} exists but is not a directory; pass another --handover-socket",
+                dir.display()
+            );
+        }
         std::fs::create_dir_all(dir)
             .with_context(|| format!("cannot create the socket folder {}", dir.display()))?;
     }
@@ -447,6 +453,10 @@ fn exit_code(status: ExitStatus) -> ExitCode {
 
 /// `dualfs mount`: mounts (or takes over a running mount) and supervises the daemon.
 pub fn run(args: MountArgs) -> Result<ExitCode> {
+    // Descriptors inherited from the caller (a shell's `exec 7<file`) would keep files open,
+    // possibly inside the mount itself, for as long as the mount lives.
+    // SAFETY: close_range only closes descriptors; none above 2 is in use by this process yet.
+    unsafe { libc::close_range(3, u32::MAX, 0) };
     let exe = std::env::current_exe().context("cannot find the dualfs binary")?;
     let mountpoint = mount::mount_point_path(&args.mountpoint)?;
     let socket = args
@@ -459,17 +469,25 @@ pub fn run(args: MountArgs) -> Result<ExitCode> {
     if args.takeover && !takeover {
         tracing::info!(mountpoint = %mountpoint.display(), "no running dualfs serves the mount point; mounting");
     }
+    if !takeover && mount::is_live_dualfs(&mountpoint) {
+        bail!(
+            "{} is already served by a running dualfs; pass --takeover to replace it, or unmount it first",
+            mountpoint.display()
+        );
+    }
     // A socket path given on the command line must work, so it is checked before mounting;
     // the default one only costs takeovers when it cannot be used.
+    let mut listening = false;
     if !takeover {
-        if let Err(err) = listen(&socket, false, events_tx.clone()) {
-            if args.handover_socket.is_some() {
-                return Err(err);
+        match listen(&socket, false, events_tx.clone()) {
+            Ok(()) => listening = true,
+            Err(err) if args.handover_socket.is_some() => return Err(err),
+            Err(err) => {
+                tracing::warn!(
+                    error = format!("{err:#}"),
+                    "takeovers of this mount are not possible"
+                )
             }
-            tracing::warn!(
-                error = format!("{err:#}"),
-                "takeovers of this mount are not possible"
-            );
         }
     }
 
@@ -489,7 +507,9 @@ pub fn run(args: MountArgs) -> Result<ExitCode> {
         let (conn, paths) = match establish(&args) {
             Ok(established) => established,
             Err(err) => {
-                let _ = std::fs::remove_file(&socket);
+                if listening {
+                    let _ = std::fs::remove_file(&socket);
+                }
                 return Err(err);
             }
         };
@@ -504,7 +524,7 @@ pub fn run(args: MountArgs) -> Result<ExitCode> {
     }
     signals(events_tx.clone())?;
     let outcome = supervise(&exe, &conn, resumed, &paths, &events, &events_tx);
-    if !matches!(outcome, Ok(Outcome::HandedOver)) {
+    if listening && !matches!(outcome, Ok(Outcome::HandedOver)) {
         let _ = std::fs::remove_file(&socket);
     }
     match outcome? {

@@ -372,6 +372,21 @@ fn restarts_counted_in_metrics() {
 
     mount.take_over();
     assert_restarts(&mount, 2);
+
+    // Each start folds the segments left by the previous daemons into one snapshot.
+    let journal = mount.local().join(".dualfs/journal");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while fs::read_dir(&journal).unwrap().count() > 2 {
+        assert!(
+            Instant::now() < deadline,
+            "the journal kept the segments of every start: {:?}",
+            fs::read_dir(&journal)
+                .unwrap()
+                .map(|e| e.unwrap().file_name())
+                .collect::<Vec<_>>()
+        );
+        thread::sleep(Duration::from_millis(20));
+    }
     converge(mount);
 }
 
@@ -468,4 +483,86 @@ fn takeover_with_other_directories_rejected() {
     assert_eq!(fs::read(mount.path().join("kept")).unwrap(), b"data");
     assert!(mount.serving_pid().is_some());
     converge(mount);
+}
+
+/// A plain mount over a mount point that dualfs already serves is rejected, and leaves the
+/// running mount's handover socket in place, so it can still be taken over.
+#[test]
+fn second_plain_mount_rejected() {
+    let mut mount = Mount::start();
+    let output = Command::new(common::dualfs_binary())
+        .arg("mount")
+        .arg("--local")
+        .arg(mount.local())
+        .arg("--remote")
+        .arg(mount.remote())
+        .arg("--metrics-addr=off")
+        .arg(mount.path())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        !output.status.success(),
+        "the second mount started: {stderr}"
+    );
+    assert!(
+        stderr.contains("already served by a running dualfs"),
+        "unexpected error: {stderr}"
+    );
+    mount.take_over();
+    converge(mount);
+}
+
+/// A first mount whose mount point is written with a trailing slash: the daemon must not
+/// look the mount point up through its own mount before it serves it.
+#[test]
+fn mount_point_with_trailing_slash() {
+    let root = tempfile::tempdir().unwrap();
+    for dir in ["local", "remote", "mnt"] {
+        fs::create_dir(root.path().join(dir)).unwrap();
+    }
+    let mountpoint = root.path().join("mnt");
+    let log = File::create(root.path().join("daemon.log")).unwrap();
+    let mut daemon = Command::new(common::dualfs_binary())
+        .arg("mount")
+        .arg("--local")
+        .arg(root.path().join("local"))
+        .arg("--remote")
+        .arg(root.path().join("remote"))
+        .arg("--metrics-addr=off")
+        .arg(format!("{}/", mountpoint.display()))
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mounted = loop {
+        if common::mount_fs_type(&mountpoint).is_some() && fs::read_dir(&mountpoint).is_ok() {
+            break true;
+        }
+        if Instant::now() > deadline || daemon.try_wait().unwrap().is_some() {
+            break false;
+        }
+        thread::sleep(Duration::from_millis(20));
+    };
+    let written = mounted && fs::write(mountpoint.join("file"), b"x").is_ok();
+
+    // SAFETY: kill has no memory-safety preconditions; the pid is the child started above.
+    unsafe { libc::kill(daemon.id() as libc::pid_t, libc::SIGTERM) };
+    let stopped = common::wait_timeout(&mut daemon, Duration::from_secs(10));
+    if stopped.is_none() {
+        let _ = daemon.kill();
+        let _ = daemon.wait();
+    }
+    if common::mount_fs_type(&mountpoint).is_some() {
+        common::lazy_unmount(&mountpoint);
+    }
+    let log = fs::read_to_string(root.path().join("daemon.log")).unwrap_or_default();
+    assert!(mounted, "the mount never answered:\n{log}");
+    assert!(written, "a write through the mount failed:\n{log}");
+    assert!(
+        stopped.is_some_and(|s| s.success()),
+        "the daemon did not stop cleanly:\n{log}"
+    );
 }

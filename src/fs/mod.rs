@@ -136,6 +136,10 @@ impl DualFs {
         if let Some(path) = self.inodes.lock().path(id) {
             return Ok(path);
         }
+        // A file unlinked while open has no name to find by walking the trees.
+        if self.orphans.lock().contains(&id) {
+            return Err(Errno::ENOENT);
+        }
         if self.rediscover() {
             if let Some(path) = self.inodes.lock().path(id) {
                 return Ok(path);
