@@ -89,9 +89,6 @@ struct Inner {
     active_id: u64,
     active_bytes: u64,
     last_snapshot_bytes: u64,
-    /// Set when the journal was opened over older segments: every start adds a segment (with
-    /// its space reserve), so the first group commit folds them into one snapshot.
-    compact_next: bool,
     /// Recent group commits that failed, with the errno; their callers abort their changes.
     failed_batches: VecDeque<(u64, i32)>,
     shutdown: bool,
@@ -181,7 +178,6 @@ impl Journal {
                 active_id,
                 active_bytes: HEADER_LEN as u64,
                 last_snapshot_bytes,
-                compact_next: !segments.is_empty(),
                 failed_batches: VecDeque::new(),
                 shutdown: false,
             }),
@@ -265,8 +261,7 @@ impl Journal {
             let batch = inner.open_batch;
             inner.open_batch += 1;
             let buffer = std::mem::take(&mut inner.buffer);
-            let compact = std::mem::take(&mut inner.compact_next)
-                || inner.active_bytes > COMPACT_MIN_BYTES.max(4 * inner.last_snapshot_bytes);
+            let compact = inner.active_bytes > COMPACT_MIN_BYTES.max(4 * inner.last_snapshot_bytes);
             let snapshot = compact.then(|| {
                 let mut bytes = Vec::new();
                 for (seq, op) in &inner.live {
