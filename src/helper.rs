@@ -274,7 +274,7 @@ fn log_path(mountpoint: &Path) -> Result<PathBuf, String> {
 }
 
 /// Whether a live dualfs mount is at `mountpoint`: listed as fuse.dualfs and answering.
-fn mount_is_live(mountpoint: &Path) -> bool {
+pub(crate) fn mount_is_live(mountpoint: &Path) -> bool {
     let Ok(absolute) = fs::canonicalize(mountpoint) else {
         return false;
     };

@@ -116,7 +116,8 @@ pub fn check_paths(local: &Path, remote: &Path, mountpoint: &Path) -> Result<Mou
 
 fn prepare_state_dir(local: &Path) -> Result<()> {
     let state = local.join(STATE_DIR);
-    // The state folder holds the journal, which names every changed path: daemon user only.
+    // The state folder contains the journal, which names every changed path, so only the
+    // daemon's user may enter it.
     let created = std::fs::DirBuilder::new().mode(0o700).create(&state);
     match created {
         Ok(()) => Ok(()),
@@ -297,20 +298,9 @@ pub fn lock_local_tree(local: &Path) -> Result<std::fs::File> {
     Ok(file)
 }
 
-/// Whether `mountpoint` is a dualfs mount whose daemon replies.
+/// Checks whether `mountpoint` is a dualfs mount whose daemon replies.
 pub(crate) fn is_live_dualfs(mountpoint: &Path) -> bool {
-    let Ok(mountinfo) = std::fs::read_to_string("/proc/self/mountinfo") else {
-        return false;
-    };
-    let listed = mountinfo.lines().any(|line| {
-        let fields: Vec<&str> = line.split(' ').collect();
-        let Some(separator) = fields.iter().position(|f| *f == "-") else {
-            return false;
-        };
-        fields.get(4).map(|p| p.replace("\\040", " ")).as_deref() == mountpoint.to_str()
-            && fields.get(separator + 1) == Some(&"fuse.dualfs")
-    });
-    listed && std::fs::read_dir(mountpoint).is_ok()
+    crate::helper::mount_is_live(mountpoint)
 }
 
 /// Returns the canonical directories of a mount that is already mounted (for a daemon that
@@ -527,7 +517,7 @@ fn serve(args: MountArgs, inherited: Inherited) -> Result<ExitCode> {
     })
 }
 
-/// Stops serving for a handover: lets running requests finish, holds new ones unanswered,
+/// Stops serving for a handover: lets running requests finish, keeps new ones unanswered,
 /// leaves queued changes in the journal for the next daemon, and exits.
 fn hand_over(
     gate: &Gate,

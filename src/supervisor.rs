@@ -129,7 +129,7 @@ pub fn default_socket(mountpoint: &Path) -> PathBuf {
         }
     }
     let dir = PathBuf::from("/run/dualfs");
-    // sun_path holds 108 bytes with the terminating NUL.
+    // sun_path has room for 108 bytes, the terminating NUL included.
     if dir.as_os_str().len() + 1 + name.len() + ".sock".len() >= 108 {
         let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
         for &byte in bytes {
@@ -685,7 +685,7 @@ fn protocol_version(init: &[u8]) -> String {
     format!("{major}.{minor}")
 }
 
-/// Whether the kernel can resend unanswered requests: FUSE 7.40 (Linux 6.9) or later.
+/// Checks whether the kernel can resend unanswered requests: FUSE 7.40 (Linux 6.9) or later.
 fn kernel_resends(init: &[u8]) -> bool {
     init_version(init) >= (7, 40)
 }

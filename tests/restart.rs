@@ -38,7 +38,7 @@ impl AppReport {
     }
 }
 
-/// An application that keeps a log file open for appending and one open for reading, appends
+/// Runs an application that keeps a log file open for appending and one open for reading, appends
 /// a line and reads the whole file back every round, fsyncs once a second, and creates and
 /// renames a small file every round.
 fn application(dir: PathBuf, stop: Arc<AtomicBool>) -> AppReport {
@@ -225,14 +225,7 @@ fn request_in_flight_at_a_kill_is_resent() {
         file.sync_all()
     });
     // Wait until the write is inside the daemon, held by the delay.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while local.count("write") == 0 {
-        assert!(
-            Instant::now() < deadline,
-            "the write never reached the local tree"
-        );
-        thread::sleep(Duration::from_millis(5));
-    }
+    wait_for_calls(&local, &["write"]);
     mount.kill_serving_daemon();
     local.clear_rules();
 
@@ -245,8 +238,22 @@ fn request_in_flight_at_a_kill_is_resent() {
     drop(local);
 }
 
+/// Waits until each of `calls` has reached the fault-injecting local tree.
+fn wait_for_calls(local: &faultfs::FaultFs, calls: &[&str]) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    for call in calls {
+        while local.count(call) == 0 {
+            assert!(
+                Instant::now() < deadline,
+                "{call} never reached the local tree"
+            );
+            thread::sleep(Duration::from_millis(5));
+        }
+    }
+}
+
 /// A mkdir and an unlink held inside the daemon when it is killed: the kernel sends them
-/// again, and whether or not they ran before the kill, the application sees success.
+/// again, and whether or not they ran before the kill, the application gets success.
 #[test]
 fn namespace_changes_in_flight_at_a_kill_succeed() {
     let local_backing = tempfile::Builder::new()
@@ -264,14 +271,7 @@ fn namespace_changes_in_flight_at_a_kill_succeed() {
         move || fs::create_dir(root.join("fresh"))
     });
     let unlink = thread::spawn(move || fs::remove_file(root.join("doomed")));
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while local.count("mkdir") == 0 || local.count("unlink") == 0 {
-        assert!(
-            Instant::now() < deadline,
-            "the calls never reached the local tree"
-        );
-        thread::sleep(Duration::from_millis(5));
-    }
+    wait_for_calls(&local, &["mkdir", "unlink"]);
     mount.kill_serving_daemon();
     local.clear_rules();
 
@@ -379,7 +379,7 @@ fn restarts_counted_in_metrics() {
 /// Waits until the metrics server of the daemon that serves now reports `expected` restarts.
 /// Right after a restart the log may still name the previous daemon's server, so this polls.
 fn assert_restarts(mount: &Mount, expected: u64) {
-    let wanted = format!("dualfs_daemon_restarts {expected}");
+    let expected_line = format!("dualfs_daemon_restarts {expected}");
     let deadline = Instant::now() + Duration::from_secs(10);
     let mut last = String::new();
     while Instant::now() < deadline {
@@ -389,13 +389,13 @@ fn assert_restarts(mount: &Mount, expected: u64) {
                 .find(|line| line.starts_with("dualfs_daemon_restarts "))
                 .unwrap_or("(no dualfs_daemon_restarts line)")
                 .to_string();
-            if last == wanted {
+            if last == expected_line {
                 return;
             }
         }
         thread::sleep(Duration::from_millis(20));
     }
-    panic!("/metrics never showed {wanted:?}; last seen {last:?}");
+    panic!("/metrics never showed {expected_line:?}; last seen {last:?}");
 }
 
 /// Two mounts given the same --handover-socket: the second is rejected before it mounts,

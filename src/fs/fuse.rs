@@ -173,7 +173,8 @@ fn resent(req: &Request) -> bool {
     req.unique().0 & FUSE_UNIQUE_RESEND != 0
 }
 
-/// A resent removal that finds nothing to remove most likely ran before the crash.
+/// Answers a resent removal that finds nothing to remove with success: it most likely ran
+/// before the crash.
 fn removed_before(req: &Request, result: Result<(), Errno>) -> Result<(), Errno> {
     match result {
         Err(Errno::ENOENT) if resent(req) => Ok(()),
@@ -380,7 +381,7 @@ impl Filesystem for FuseAdapter {
         let decision = self.io_modes.open(fh, ino.0, read_only, |inherited| {
             let id = match inherited {
                 // SAFETY: the id is a backing file of this connection that an earlier daemon
-                // registered and nobody closed; from now on its `BackingId` closes it.
+                // registered and that was not closed; from now on its `BackingId` closes it.
                 Some(raw) => {
                     return Ok(Backing {
                         id: Arc::new(unsafe { reply.wrap_backing(raw) }),

@@ -3,7 +3,7 @@
 //! Each open file also has a 32-byte slot in a record file (a memfd that the supervisor keeps
 //! open across daemon restarts): the node, the open flags, the tree and the I/O mode. A daemon
 //! that takes over a live connection reads the slots back, so the handles the kernel still
-//! holds keep working: the file is reopened by its path on first use, and the passthrough
+//! uses keep working: the file is reopened by its path on first use, and the passthrough
 //! state of every inode is known again. The number of a file handle is its slot index plus 1.
 
 use std::collections::HashMap;
@@ -131,7 +131,7 @@ pub struct HandleTable {
 
 impl HandleTable {
     /// Creates a table that records its open files in `record`, and returns with it the
-    /// handles an earlier daemon left open there (the kernel still holds them).
+    /// handles an earlier daemon left open there (the kernel still uses them).
     pub fn with_record(record: File) -> std::io::Result<(HandleTable, Vec<(u64, Slot)>)> {
         // Read by position: the file offset is shared with every daemon of the connection.
         let mut bytes = vec![0u8; record.metadata()?.len() as usize];
@@ -216,7 +216,7 @@ impl HandleTable {
         self.files.read().get(&fh).cloned()
     }
 
-    /// Whether node `id` has an open file handle, also one left by an earlier daemon.
+    /// Checks whether node `id` has an open file handle, also one left by an earlier daemon.
     pub fn is_open(&self, id: u64) -> bool {
         self.slots.lock().live.values().any(|slot| slot.id == id)
     }

@@ -284,7 +284,7 @@ impl DualFs {
         Ok(self.register(parent, name, side, &st))
     }
 
-    /// Whether `name` exists in `parent`, without registering a kernel reference.
+    /// Checks whether `name` exists in `parent`, without registering a kernel reference.
     pub fn lookup_exists(&self, parent: u64, name: &OsStr) -> bool {
         self.child_path(parent, name)
             .and_then(|path| self.resolve(&path))

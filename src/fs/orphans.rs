@@ -3,7 +3,7 @@
 //! When the last name of an open file is removed (unlink, or a rename over it), the local file
 //! first gets a hidden hard link, `.dualfs/orphans/<node id>`, that lives until the last handle
 //! is released. A daemon that takes the connection over after a crash or an upgrade can then
-//! open the file again by that name, as the kernel still holds handles to it. The link is not
+//! open the file again by that name, because the kernel still has handles to it. The link is not
 //! visible to applications: the attributes report one link fewer, and the state folder is
 //! neither listed nor replicated.
 

@@ -31,7 +31,7 @@ impl RangeSet {
         }
     }
 
-    /// A set from `start` to the end of the file, whatever its size.
+    /// Returns a set from `start` to the end of the file, whatever its size.
     pub fn from_offset(start: u64) -> RangeSet {
         RangeSet {
             ranges: vec![(start, u64::MAX)],
