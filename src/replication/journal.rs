@@ -149,6 +149,9 @@ impl Journal {
             .map_err(io_error(dir))?;
         let (segments, mut replay, last_snapshot_bytes) = read_segments(dir)?;
 
+        // NOTE: every start adds a segment with its space reserve, and older segments go only
+        // when compaction runs past COMPACT_MIN_BYTES, so a quiet mount that restarts often
+        // keeps growing this folder.
         let active_id = segments.last().map_or(1, |(id, _)| id + 1);
         let active_path = dir.join(segment_name(active_id));
         let mut active = OpenOptions::new()
