@@ -103,6 +103,7 @@ impl Replicator {
             }
             queue.restore(seq, op);
         }
+        queue.restore_renames();
         for directory in directories {
             queue.push(Op::new(directory, OpKind::Attr));
         }

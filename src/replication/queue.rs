@@ -224,29 +224,57 @@ impl Inner {
         Some((seq, entry.batch))
     }
 
-    /// Takes the queued state transfers below a path that is being renamed away and returns
-    /// them rebased onto the new name, so they are applied after the rename. Data of a moved
-    /// file is copied whole, because the old name may be reused before the rename applies.
-    fn take_moved(&mut self, from: &Path, to: &Path, rename_seq: u64) -> Vec<Op> {
+    /// Returns the queued state transfers below a path that is being renamed away, rebased
+    /// onto the new name so they are applied after the rename, and the numbers of the
+    /// originals that may be dropped (those not running, held or pinned). Data of a moved file
+    /// is copied whole, because the old name may be reused before the rename applies.
+    fn moved_below(&self, from: &Path, to: &Path, rename_seq: u64) -> (Vec<Op>, Vec<u64>) {
         let mut moved = Vec::new();
-        let candidates: Vec<u64> = self
-            .entries
-            .range(..rename_seq)
-            .filter(|(_, e)| is_within(&e.op.path, from) && e.op.second_path().is_none())
-            .map(|(&seq, _)| seq)
-            .collect();
-
-        for seq in candidates {
-            let entry = &self.entries[&seq];
+        let mut dropped = Vec::new();
+        for (&seq, entry) in self.entries.range(..rename_seq) {
+            if !is_within(&entry.op.path, from) || entry.op.second_path().is_some() {
+                continue;
+            }
             let Some(follow_up) = moved_copy(&entry.op, from, to) else {
                 continue;
             };
             if !entry.in_flight && !entry.held && entry.pins == 0 {
-                self.remove(seq);
+                dropped.push(seq);
             }
             moved.push(follow_up);
         }
-        moved
+        (moved, dropped)
+    }
+
+    /// Queues the follow-ups of a rename whose local part is done: the state transfers
+    /// below its old name move to the new one. The follow-ups are journaled before the
+    /// originals are marked done, so a crash between the two journal writes replays one or
+    /// both, never neither.
+    fn move_below_rename(&mut self, rename_seq: u64, mut follow_ups: Vec<Op>) {
+        let Some(entry) = self.entries.get(&rename_seq) else {
+            return;
+        };
+        let OpKind::Rename { to, flags } = &entry.op.kind else {
+            return;
+        };
+        let (from, to, flags) = (entry.op.path.clone(), to.clone(), *flags);
+        let (moved, mut dropped) = self.moved_below(&from, &to, rename_seq);
+        follow_ups.extend(moved);
+        if flags & libc::RENAME_EXCHANGE != 0 {
+            let (moved, also_dropped) = self.moved_below(&to, &from, rename_seq);
+            follow_ups.extend(moved);
+            dropped.extend(also_dropped);
+        }
+        let mut queued: Vec<Op> = Vec::with_capacity(follow_ups.len());
+        for follow_up in follow_ups {
+            if !queued.contains(&follow_up) {
+                queued.push(follow_up.clone());
+                self.insert(follow_up, false);
+            }
+        }
+        for seq in dropped {
+            self.remove(seq);
+        }
     }
 
     /// Returns the moved copies of the operations below `from` that are running now.
@@ -286,6 +314,24 @@ impl Queue {
         let mut inner = self.inner.lock();
         inner.next_seq = inner.next_seq.max(seq + 1);
         inner.insert_at(seq, op, false);
+        drop(inner);
+        self.work.notify_all();
+    }
+
+    /// Moves, for every replayed rename, the replayed state transfers below its old name
+    /// onto the new one, as its commit would have done: the crash may have come between the
+    /// local rename and that commit, and the remote's old name may still hold stale content.
+    pub fn restore_renames(&self) {
+        let mut inner = self.inner.lock();
+        let renames: Vec<u64> = inner
+            .entries
+            .iter()
+            .filter(|(_, e)| matches!(e.op.kind, OpKind::Rename { .. }))
+            .map(|(&seq, _)| seq)
+            .collect();
+        for seq in renames {
+            inner.move_below_rename(seq, Vec::new());
+        }
         drop(inner);
         self.work.notify_all();
     }
@@ -333,7 +379,7 @@ impl Queue {
         let (tx, rx) = crossbeam_channel::bounded(1);
         let mut inner = self.inner.lock();
         let window = inner.coalesce_window;
-        let rename = inner.entries.get_mut(&begun.seq).and_then(|entry| {
+        let rename_moves = inner.entries.get_mut(&begun.seq).and_then(|entry| {
             if begun.joined {
                 entry.pins = entry.pins.saturating_sub(1);
             } else {
@@ -349,28 +395,12 @@ impl Queue {
             }
             entry.waiters.push(tx);
             match &entry.op.kind {
-                OpKind::Rename { to, flags } if !begun.joined => Some((
-                    entry.op.path.clone(),
-                    to.clone(),
-                    *flags,
-                    std::mem::take(&mut entry.moves),
-                )),
+                OpKind::Rename { .. } if !begun.joined => Some(std::mem::take(&mut entry.moves)),
                 _ => None,
             }
         });
-
-        if let Some((from, to, flags, mut follow_ups)) = rename {
-            follow_ups.extend(inner.take_moved(&from, &to, begun.seq));
-            if flags & libc::RENAME_EXCHANGE != 0 {
-                follow_ups.extend(inner.take_moved(&to, &from, begun.seq));
-            }
-            let mut queued: Vec<Op> = Vec::with_capacity(follow_ups.len());
-            for follow_up in follow_ups {
-                if !queued.contains(&follow_up) {
-                    queued.push(follow_up.clone());
-                    inner.insert(follow_up, false);
-                }
-            }
+        if let Some(running) = rename_moves {
+            inner.move_below_rename(begun.seq, running);
         }
         drop(inner);
         self.work.notify_all();
@@ -637,9 +667,20 @@ fn backoff(attempts: u32) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs;
 
     fn data(path: &str, start: u64, len: u64) -> Op {
         Op::new(path, OpKind::Data(RangeSet::single(start, len)))
+    }
+
+    fn rename(from: &str, to: &str) -> Op {
+        Op::new(
+            from,
+            OpKind::Rename {
+                to: PathBuf::from(to),
+                flags: 0,
+            },
+        )
     }
 
     #[test]
@@ -694,6 +735,68 @@ mod tests {
         queue.finish(rename, Ok(()));
         let (_, op) = queue.next().unwrap();
         assert_eq!(op, Op::new("b", OpKind::Data(RangeSet::everything())));
+    }
+
+    #[test]
+    fn replayed_rename_moves_data_replayed_before_it() {
+        // The crash came after the local rename but before its commit queued the follow-up.
+        let queue = Queue::new();
+        queue.restore(5, data("a", 0, 10));
+        queue.restore(6, rename("a", "b"));
+        queue.restore_renames();
+        let (rename_seq, op) = queue.next().unwrap();
+        assert_eq!(
+            op,
+            rename("a", "b"),
+            "the data of a must not be copied first"
+        );
+        queue.finish(rename_seq, Ok(()));
+        let (data_seq, op) = queue.next().unwrap();
+        assert_eq!(op, Op::new("b", OpKind::Data(RangeSet::everything())));
+        queue.finish(data_seq, Ok(()));
+        assert_eq!(queue.summary().ops, 0);
+    }
+
+    /// Replays every prefix of the journal a rename commit writes, as a crash at any byte
+    /// would leave it: the data change queued before the rename is always replayed, under
+    /// the old or the new name.
+    #[test]
+    fn rename_follow_up_is_journaled_before_the_original_is_done() {
+        let dir = tempfile::tempdir().unwrap();
+        let journal_dir = dir.path().join("journal");
+        let (journal, _) = Journal::open(&journal_dir).unwrap();
+        let queue = Queue::with_journal(journal.clone(), 1);
+        queue.push(data("a", 0, 10));
+        let begun = queue.begin(rename("a", "b"));
+        queue.commit(begun);
+        journal.close();
+
+        let segment = fs::read_dir(&journal_dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .max()
+            .unwrap();
+        let bytes = fs::read(&segment).unwrap();
+        for cut in 0..=bytes.len() {
+            let copy = dir.path().join(format!("cut{cut}"));
+            fs::create_dir(&copy).unwrap();
+            fs::write(copy.join(segment.file_name().unwrap()), &bytes[..cut]).unwrap();
+            let Ok((journal, replay)) = Journal::open(&copy) else {
+                continue; // cut inside the header: the segment is not a journal yet
+            };
+            journal.close();
+            let has_data = replay
+                .pending
+                .iter()
+                .any(|(_, op)| matches!(op.kind, OpKind::Data(_)));
+            assert!(
+                has_data || replay.pending.is_empty(),
+                "a crash after {cut} of {} journal bytes loses the data change: {:?}",
+                bytes.len(),
+                replay.pending
+            );
+            fs::remove_dir_all(&copy).unwrap();
+        }
     }
 
     #[test]
