@@ -366,6 +366,7 @@ fn serve(args: MountArgs, inherited: Inherited) -> Result<ExitCode> {
             mirror_owner: !args.no_mirror_owner,
             remote_call_threads: args.threads as usize * 2,
             coalesce_window: args.coalesce_window,
+            journal_sync: args.journal_sync,
         },
         &paths.local.join(STATE_DIR).join("journal"),
     )?);

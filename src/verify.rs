@@ -53,7 +53,7 @@ pub enum Difference {
 
 impl Difference {
     /// Whether only attributes differ, so copying attributes repairs it.
-    fn attributes_only(&self) -> bool {
+    pub fn attributes_only(&self) -> bool {
         matches!(
             self,
             Difference::Mode { .. } | Difference::Owner { .. } | Difference::Mtime

@@ -162,13 +162,13 @@ impl Drop for ReadOnlySwitch {
     }
 }
 
-// NOTE: since the storm no longer stops at its first ENOENT it is much stronger, and about
-// one run in ten fails: either a file's content on the remote misses a change made just
-// before a crash, or, after a restart, the bare mount-point folder holds a storm folder as if
-// the storm had written there while nothing was mounted. Both are open bugs, so the test is
-// run by hand until they are fixed: cargo test --release --test crash -- --ignored
+// NOTE: about one run in thirty, under CPU load, a restart fails because the bare mount-point
+// folder holds the storm folder of the round just killed ("mount point not empty"), although
+// that round's storm ran on the mount. It looks like a mount-lifecycle race in the kill and
+// restart sequence, not a lost change, but it is not understood yet, so this test runs by
+// hand: cargo test --release --test crash -- --include-ignored
 #[test]
-#[ignore = "known failures, about one run in ten; see the note above"]
+#[ignore = "a restart fails about one run in thirty; see the note above"]
 fn kill_during_write_storm_loses_nothing() {
     let rounds: usize = std::env::var("DUALFS_CRASH_ROUNDS")
         .ok()
@@ -339,5 +339,83 @@ fn storm_without_crash_converges() {
     assert_no_differences(
         &compare_trees(mount.local(), mount.remote()),
         &format!("remote after a storm (seed {seed})"),
+    );
+}
+
+/// Rewrites the journal's owner file as if another boot of the machine had written it.
+fn pretend_written_on_another_boot(local: &Path) {
+    let owner = local.join(".dualfs/journal/owner");
+    let text = fs::read_to_string(&owner).unwrap();
+    let boot = text.lines().find(|l| l.starts_with("boot=")).unwrap();
+    fs::write(&owner, text.replace(boot, "boot=00000000-another-boot")).unwrap();
+}
+
+/// With the default background journal sync, a machine crash can lose the records of the
+/// last milliseconds while their local changes survive. Such changes are made here straight
+/// in the local tree; the next start notices the unclosed journal of another boot, compares
+/// both trees and repairs the remote.
+#[test]
+fn start_after_machine_crash_repairs_unjournaled_changes() {
+    let mut mount = Mount::start_with_args(&["--mode", "async"]);
+    fs::write(mount.path().join("kept"), b"kept").unwrap();
+    fs::write(mount.path().join("changed"), b"before the crash").unwrap();
+    fs::write(mount.path().join("removed"), b"removed").unwrap();
+    fs::create_dir(mount.path().join("dir")).unwrap();
+    mount.wait_synced();
+    mount.crash();
+
+    // The local changes whose records only the crashed machine's page cache held.
+    fs::write(
+        mount.local().join("changed"),
+        b"changed just before the crash",
+    )
+    .unwrap();
+    fs::remove_file(mount.local().join("removed")).unwrap();
+    fs::write(mount.local().join("dir/created"), b"created").unwrap();
+    fs::set_permissions(
+        mount.local().join("kept"),
+        fs::Permissions::from_mode(0o600),
+    )
+    .unwrap();
+    pretend_written_on_another_boot(mount.local());
+    mount.restart();
+
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !compare_trees(mount.local(), mount.remote()).is_empty()
+        && std::time::Instant::now() < deadline
+    {
+        thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        mount.log_tail().contains("both trees are compared"),
+        "{}",
+        mount.log_tail()
+    );
+    mount.unmount();
+    assert_no_differences(
+        &compare_trees(mount.local(), mount.remote()),
+        "remote after a start that followed a machine crash",
+    );
+}
+
+/// A daemon killed on a running machine loses nothing in the background mode (the kernel
+/// keeps what it wrote), so its successor replays the journal without comparing the trees.
+#[test]
+fn start_after_kill_does_not_compare_trees() {
+    let mut mount = Mount::start_with_args(&["--mode", "async"]);
+    fs::write(mount.path().join("file"), b"data").unwrap();
+    mount.crash();
+    mount.restart();
+    fs::write(mount.path().join("second"), b"data").unwrap();
+    mount.wait_synced();
+    assert!(
+        !mount.log_tail().contains("both trees are compared"),
+        "{}",
+        mount.log_tail()
+    );
+    mount.unmount();
+    assert_no_differences(
+        &compare_trees(mount.local(), mount.remote()),
+        "remote after a kill and a restart",
     );
 }

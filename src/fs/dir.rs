@@ -21,6 +21,17 @@ impl DualFs {
         Ok(self.handles.insert_dir(DirListing { id, entries }))
     }
 
+    /// Flushes a directory's local entries and the journal records of the changes in it.
+    /// A directory only the remote holds has nothing local to flush.
+    pub fn fsyncdir(&self, id: u64) -> FsResult<()> {
+        let path = self.node_path(id)?;
+        if let Ok(fd) = self.local.open_dir(&path) {
+            nix::unistd::fsync(std::os::fd::AsRawFd::as_raw_fd(&fd))?;
+        }
+        self.replicator.sync_journal();
+        Ok(())
+    }
+
     pub fn releasedir(&self, fh: u64) {
         self.handles.remove_dir(fh);
     }

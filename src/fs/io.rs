@@ -182,6 +182,8 @@ impl DualFs {
             handle.file.sync_all()
         };
         result.map_err(io_errno)?;
+        // What the application made durable locally must also stay known to the journal.
+        self.replicator.sync_journal();
 
         if self.replicator.mode() == Mode::Sync && handle.side == Side::Local {
             if let Some(path) = self.open_file_path(&handle) {

@@ -73,6 +73,10 @@ pub struct Replay {
     pub next_seq: u64,
     /// Bytes cut off the end of the last segment because a record there was torn.
     pub truncated_bytes: u64,
+    /// The previous daemon wrote records without waiting for them to be durable and did not
+    /// close the journal, on another boot of the machine: its last records may never have
+    /// reached the disk, so the trees must be compared.
+    pub records_may_be_lost: bool,
 }
 
 struct Inner {
@@ -80,8 +84,14 @@ struct Inner {
     buffer: Vec<u8>,
     /// Number of the group commit that will write `buffer`.
     open_batch: u64,
+    /// Number of the last group commit whose records are written (in the page cache at least).
+    written_batch: u64,
     /// Number of the last group commit that reached stable storage.
     durable_batch: u64,
+    /// Background mode: records were written since the last `fdatasync`.
+    dirty: bool,
+    /// A snapshot is being written; appends wait in the buffer until it is in place.
+    compacting: bool,
     /// Operations appended and not yet done, by sequence number.
     live: BTreeMap<u64, Op>,
     active: File,
@@ -97,8 +107,32 @@ struct Inner {
 /// How many failed group commits are remembered for their waiters.
 const FAILED_BATCHES_KEPT: usize = 64;
 
+/// When a change may go ahead after its record was appended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum JournalSync {
+    /// Once the record is on stable storage (a group-committed `fdatasync`). Nothing is lost
+    /// even when the machine itself crashes.
+    Always,
+    /// Once the record is written to the journal file; `fdatasync` follows in the background
+    /// within milliseconds, and an application's fsync waits for it. A killed daemon loses
+    /// nothing (the kernel keeps the written records); after a machine crash the records of
+    /// the last milliseconds may be missing, so the next start compares both trees.
+    #[default]
+    Background,
+}
+
+impl JournalSync {
+    fn name(self) -> &'static str {
+        match self {
+            JournalSync::Always => "always",
+            JournalSync::Background => "background",
+        }
+    }
+}
+
 pub struct Journal {
     dir: PathBuf,
+    sync: JournalSync,
     inner: Mutex<Inner>,
     /// Signalled when records are buffered or at shutdown.
     pending: Condvar,
@@ -140,7 +174,7 @@ fn sync_dir(dir: &Path) -> Result<(), JournalError> {
 
 impl Journal {
     /// Opens the journal in `dir` (creating it), replays it and starts the group-commit thread.
-    pub fn open(dir: &Path) -> Result<(Arc<Journal>, Replay), JournalError> {
+    pub fn open(dir: &Path, sync: JournalSync) -> Result<(Arc<Journal>, Replay), JournalError> {
         // The journal names every changed path, so only the daemon's user may read it.
         fs::DirBuilder::new()
             .recursive(true)
@@ -148,6 +182,7 @@ impl Journal {
             .create(dir)
             .map_err(io_error(dir))?;
         let (segments, mut replay, last_snapshot_bytes) = read_segments(dir)?;
+        replay.records_may_be_lost = owner::take_over(dir, sync.name())?;
 
         // NOTE: every start adds a segment with its space reserve, and older segments go only
         // when compaction runs past COMPACT_MIN_BYTES, so a quiet mount that restarts often
@@ -171,10 +206,14 @@ impl Journal {
         replay.pending = live.iter().map(|(s, o)| (*s, o.clone())).collect();
         let journal = Arc::new(Journal {
             dir: dir.to_path_buf(),
+            sync,
             inner: Mutex::new(Inner {
                 buffer: Vec::new(),
                 open_batch: 1,
+                written_batch: 0,
                 durable_batch: 0,
+                dirty: false,
+                compacting: false,
                 live,
                 active,
                 active_path,
@@ -198,7 +237,7 @@ impl Journal {
         Ok((journal, replay))
     }
 
-    /// Buffers an operation for the next group commit; wait on the batch for durability.
+    /// Appends an operation; wait on the returned batch before making the change it records.
     pub fn append(&self, seq: u64, op: &Op) -> Result<Batch, String> {
         let mut inner = self.inner.lock();
         if inner.shutdown {
@@ -206,10 +245,7 @@ impl Journal {
         }
         encode_record(&mut inner.buffer, RECORD_APPEND, seq, Some(op));
         inner.live.insert(seq, op.clone());
-        let batch = Batch(inner.open_batch);
-        drop(inner);
-        self.pending.notify_one();
-        Ok(batch)
+        Ok(self.submit(inner))
     }
 
     /// Marks an operation done. Not waited on: losing the mark in a crash only replays an
@@ -218,18 +254,50 @@ impl Journal {
         let mut inner = self.inner.lock();
         if inner.live.remove(&seq).is_some() {
             encode_record(&mut inner.buffer, RECORD_DONE, seq, None);
-            drop(inner);
-            self.pending.notify_one();
+            self.submit(inner);
         }
     }
 
-    /// Waits until the batch is on stable storage; returns the errno of a failed write.
+    /// Hands the buffered records on and returns their batch. In background mode they are
+    /// written to the journal file right away (unless a snapshot is being written), so a
+    /// killed daemon cannot lose them; the group-commit thread makes them durable.
+    fn submit(&self, mut inner: parking_lot::MutexGuard<'_, Inner>) -> Batch {
+        let batch = inner.open_batch;
+        if self.sync == JournalSync::Background && !inner.compacting {
+            inner.open_batch += 1;
+            let buffer = std::mem::take(&mut inner.buffer);
+            let written_before = inner.active_bytes;
+            if let Err(err) = inner.active.write_all(&buffer) {
+                let _ = inner.active.set_len(written_before);
+                record_failure(&mut inner, batch, &err);
+            } else {
+                inner.active_bytes += buffer.len() as u64;
+                inner.dirty = true;
+            }
+            inner.written_batch = batch;
+            inner.buffer = buffer;
+            inner.buffer.clear();
+        }
+        drop(inner);
+        self.pending.notify_one();
+        Batch(batch)
+    }
+
+    /// Waits until the batch may be relied on (written in background mode, on stable storage
+    /// otherwise); returns the errno of a failed write.
     pub fn wait(&self, batch: Batch) -> Result<(), i32> {
         if batch == Batch::FAILED {
             return Err(libc::EIO);
         }
         let mut inner = self.inner.lock();
-        while inner.durable_batch < batch.0 {
+        loop {
+            let reached = match self.sync {
+                JournalSync::Always => inner.durable_batch,
+                JournalSync::Background => inner.written_batch,
+            };
+            if reached >= batch.0 {
+                break;
+            }
             self.durable.wait(&mut inner);
         }
         match inner.failed_batches.iter().find(|(b, _)| *b == batch.0) {
@@ -238,89 +306,146 @@ impl Journal {
         }
     }
 
+    /// Waits until every record appended so far is on stable storage (for an application's
+    /// fsync in background mode).
+    pub fn sync(&self) {
+        let mut inner = self.inner.lock();
+        let target = if inner.buffer.is_empty() {
+            inner.open_batch - 1
+        } else {
+            inner.open_batch
+        };
+        self.pending.notify_one();
+        while inner.durable_batch < target && !inner.shutdown {
+            self.durable.wait(&mut inner);
+        }
+    }
+
     pub fn live_count(&self) -> usize {
         self.inner.lock().live.len()
     }
 
-    /// Writes what is buffered and stops the group-commit thread.
+    /// Writes what is buffered, makes it durable and stops the group-commit thread.
     pub fn close(&self) {
         self.inner.lock().shutdown = true;
         self.pending.notify_all();
         if let Some(handle) = self.flusher.lock().take() {
             let _ = handle.join();
         }
+        if let Err(err) = owner::mark_closed(&self.dir) {
+            tracing::warn!(journal = %self.dir.display(), %err, "cannot mark the journal closed; the next start compares both trees");
+        }
     }
 
     fn run_flusher(&self) {
         loop {
             let mut inner = self.inner.lock();
-            while inner.buffer.is_empty() && !inner.shutdown {
+            while inner.buffer.is_empty() && !inner.dirty && !inner.shutdown {
                 self.pending.wait(&mut inner);
             }
-            if inner.buffer.is_empty() && inner.shutdown {
+            if inner.buffer.is_empty() && !inner.dirty && inner.shutdown {
                 return;
             }
 
-            let batch = inner.open_batch;
-            inner.open_batch += 1;
+            // Every batch numbered so far is in the buffer or already written.
+            let batch = if inner.buffer.is_empty() {
+                inner.open_batch - 1
+            } else {
+                inner.open_batch += 1;
+                inner.open_batch - 1
+            };
             let buffer = std::mem::take(&mut inner.buffer);
+            inner.dirty = false;
             let compact = inner.active_bytes > COMPACT_MIN_BYTES.max(4 * inner.last_snapshot_bytes);
-            let snapshot = compact.then(|| {
-                let mut bytes = Vec::new();
-                for (seq, op) in &inner.live {
-                    encode_record(&mut bytes, RECORD_APPEND, *seq, Some(op));
-                }
-                bytes
-            });
-            let file = inner.active.try_clone();
-            let written_before = inner.active_bytes;
-            drop(inner);
-
-            let result = match (snapshot, file) {
-                (Some(snapshot), _) => self.write_snapshot(&snapshot),
-                (None, Ok(mut file)) => file
-                    .write_all(&buffer)
-                    .and_then(|()| file.sync_data())
-                    .map(|()| None)
-                    .inspect_err(|_| {
-                        // Cut a partial write off so later records are not stranded behind a
-                        // torn one.
-                        let _ = file.set_len(written_before);
-                    }),
-                (None, Err(err)) => Err(err),
+            let result = if compact {
+                self.compact(inner)
+            } else if self.sync == JournalSync::Background {
+                self.write_then_sync(inner, &buffer, batch)
+            } else {
+                let file = inner.active.try_clone();
+                let written_before = inner.active_bytes;
+                drop(inner);
+                file.and_then(|mut file| {
+                    file.write_all(&buffer)
+                        .inspect_err(|_| {
+                            // Cut a partial write off so later records are not stranded
+                            // behind a torn one.
+                            let _ = file.set_len(written_before);
+                        })
+                        .and_then(|()| file.sync_data())
+                })
+                .map(|()| buffer.len() as u64)
             };
 
             let mut inner = self.inner.lock();
             match result {
-                Ok(Some((file, path, id, bytes))) => {
-                    inner.active = file;
-                    inner.active_path = path;
-                    inner.active_id = id;
-                    inner.active_bytes = bytes;
-                    inner.last_snapshot_bytes = bytes;
-                    drop(inner);
-                    self.remove_segments_before(id);
-                    inner = self.inner.lock();
-                }
-                Ok(None) => inner.active_bytes += buffer.len() as u64,
+                Ok(bytes) => inner.active_bytes += bytes,
                 Err(err) => {
                     tracing::error!(path = %inner.active_path.display(), error = %err, batch, "journal write failed; the changes of this batch are rejected");
-                    if inner.failed_batches.len() == FAILED_BATCHES_KEPT {
-                        inner.failed_batches.pop_front();
-                    }
-                    let errno = err.raw_os_error().unwrap_or(libc::EIO);
-                    inner.failed_batches.push_back((batch, errno));
+                    record_failure(&mut inner, batch, &err);
                 }
             }
-            inner.durable_batch = batch;
+            inner.written_batch = inner.written_batch.max(batch);
+            inner.durable_batch = inner.durable_batch.max(batch);
             drop(inner);
             self.durable.notify_all();
         }
     }
 
+    /// Background mode: writes the buffer under the lock, so it keeps its place before the
+    /// records that appenders write directly, releases the waiters, then syncs.
+    fn write_then_sync(
+        &self,
+        mut inner: parking_lot::MutexGuard<'_, Inner>,
+        buffer: &[u8],
+        batch: u64,
+    ) -> io::Result<u64> {
+        if !buffer.is_empty() {
+            let written_before = inner.active_bytes;
+            if let Err(err) = inner.active.write_all(buffer) {
+                let _ = inner.active.set_len(written_before);
+                return Err(err);
+            }
+            inner.active_bytes += buffer.len() as u64;
+        }
+        inner.written_batch = inner.written_batch.max(batch);
+        let file = inner.active.try_clone();
+        drop(inner);
+        self.durable.notify_all();
+        if let Err(err) = file.and_then(|file| file.sync_data()) {
+            // The records were written and their changes made; only the durability against a
+            // machine crash is in doubt, which the next start's comparison covers.
+            tracing::error!(journal = %self.dir.display(), %err, "journal fdatasync failed");
+        }
+        Ok(0)
+    }
+
+    /// Replaces the segments by a snapshot of the pending operations. Appends made meanwhile
+    /// stay in the buffer (and their callers wait) until the snapshot is in place.
+    fn compact(&self, mut inner: parking_lot::MutexGuard<'_, Inner>) -> io::Result<u64> {
+        let mut snapshot = Vec::new();
+        for (seq, op) in &inner.live {
+            encode_record(&mut snapshot, RECORD_APPEND, *seq, Some(op));
+        }
+        inner.compacting = true;
+        drop(inner);
+        let result = self.write_snapshot(&snapshot);
+        let mut inner = self.inner.lock();
+        inner.compacting = false;
+        let (file, path, id, bytes) = result?;
+        inner.active = file;
+        inner.active_path = path;
+        inner.active_id = id;
+        inner.active_bytes = bytes;
+        inner.last_snapshot_bytes = bytes;
+        drop(inner);
+        self.remove_segments_before(id);
+        Ok(0)
+    }
+
     /// Writes the pending operations into a new snapshot segment and returns it opened for
     /// appending, with its path, id and size.
-    fn write_snapshot(&self, records: &[u8]) -> io::Result<Option<(File, PathBuf, u64, u64)>> {
+    fn write_snapshot(&self, records: &[u8]) -> io::Result<(File, PathBuf, u64, u64)> {
         let id = self.inner.lock().active_id + 1;
         let path = self.dir.join(segment_name(id));
         let temporary = self.dir.join(format!("{}.tmp", segment_name(id)));
@@ -344,7 +469,7 @@ impl Journal {
         let file = write()?;
         let bytes = (HEADER_LEN + records.len()) as u64;
         tracing::info!(segment = %path.display(), bytes, "journal compacted");
-        Ok(Some((file, path, id, bytes)))
+        Ok((file, path, id, bytes))
     }
 
     fn remove_segments_before(&self, id: u64) {
@@ -363,6 +488,16 @@ impl Journal {
             }
         }
     }
+}
+
+/// Remembers a failed write for the waiters of its batch.
+fn record_failure(inner: &mut Inner, batch: u64, err: &io::Error) {
+    if inner.failed_batches.len() == FAILED_BATCHES_KEPT {
+        inner.failed_batches.pop_front();
+    }
+    inner
+        .failed_batches
+        .push_back((batch, err.raw_os_error().unwrap_or(libc::EIO)));
 }
 
 /// Space allocated ahead for a segment's appends.
@@ -450,6 +585,7 @@ fn read_segments(dir: &Path) -> Result<(Segments, Replay, u64), JournalError> {
             pending,
             next_seq,
             truncated_bytes,
+            records_may_be_lost: false,
         },
         snapshot_bytes,
     ))
@@ -622,6 +758,67 @@ fn decode_record(payload: &[u8]) -> Option<(u8, u64, Option<Op>)> {
     Some((kind, seq, Some(Op::new(path, kind_of_op))))
 }
 
+/// The journal's owner file: the boot of the machine that last opened the journal, its sync
+/// mode, and whether it closed the journal. A journal left open in background mode by another
+/// boot may miss its last records, which only the page cache of the crashed machine held.
+mod owner {
+    use std::fs::{self, File};
+    use std::io::{self, Write};
+    use std::os::unix::fs::OpenOptionsExt;
+    use std::path::Path;
+
+    use super::{io_error, JournalError};
+
+    const FILE: &str = "owner";
+
+    /// Records this daemon as the owner and returns whether the previous one may have lost
+    /// records.
+    pub fn take_over(dir: &Path, sync: &str) -> Result<bool, JournalError> {
+        let path = dir.join(FILE);
+        let boot = boot_id();
+        let lost = fs::read_to_string(&path).is_ok_and(|text| {
+            let field = |key: &str| {
+                text.lines()
+                    .find_map(|line| line.strip_prefix(key))
+                    .map(str::trim)
+            };
+            field("state=") == Some("open")
+                && field("sync=") == Some("background")
+                && field("boot=") != Some(boot.as_str())
+        });
+        write(dir, &format!("boot={boot}\nsync={sync}\nstate=open\n")).map_err(io_error(&path))?;
+        Ok(lost)
+    }
+
+    /// Records that the owner closed the journal with every record durable.
+    pub fn mark_closed(dir: &Path) -> io::Result<()> {
+        let text = fs::read_to_string(dir.join(FILE))?;
+        write(dir, &text.replace("state=open", "state=closed"))
+    }
+
+    fn write(dir: &Path, text: &str) -> io::Result<()> {
+        let temporary = dir.join(format!("{FILE}.tmp"));
+        let mut file = fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&temporary)?;
+        file.write_all(text.as_bytes())?;
+        file.sync_all()?;
+        fs::rename(&temporary, dir.join(FILE))?;
+        File::open(dir)?.sync_all()
+    }
+
+    /// The kernel's id of this boot; empty where /proc does not have it, which counts as
+    /// another boot only when the previous owner recorded one.
+    fn boot_id() -> String {
+        fs::read_to_string("/proc/sys/kernel/random/boot_id")
+            .map(|id| id.trim().to_string())
+            .unwrap_or_default()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -639,7 +836,7 @@ mod tests {
     #[test]
     fn pending_operations_survive_reopen() {
         let dir = tempfile::tempdir().unwrap();
-        let (journal, replay) = Journal::open(dir.path()).unwrap();
+        let (journal, replay) = Journal::open(dir.path(), JournalSync::Always).unwrap();
         assert!(replay.pending.is_empty());
 
         let batch = journal.append(1, &Op::new("a", OpKind::Mkdir)).unwrap();
@@ -651,7 +848,7 @@ mod tests {
         journal.wait(batch).unwrap();
         journal.close();
 
-        let (journal, replay) = Journal::open(dir.path()).unwrap();
+        let (journal, replay) = Journal::open(dir.path(), JournalSync::Always).unwrap();
         let seqs: Vec<u64> = replay.pending.iter().map(|(s, _)| *s).collect();
         assert_eq!(seqs, vec![2, 3]);
         assert_eq!(replay.pending[0].1, rename("a", "b"));
@@ -667,7 +864,7 @@ mod tests {
     #[test]
     fn torn_tail_is_cut_and_earlier_records_kept() {
         let dir = tempfile::tempdir().unwrap();
-        let (journal, _) = Journal::open(dir.path()).unwrap();
+        let (journal, _) = Journal::open(dir.path(), JournalSync::Always).unwrap();
         let batch = journal.append(1, &Op::new("kept", OpKind::Attr)).unwrap();
         journal.wait(batch).unwrap();
         journal.close();
@@ -675,6 +872,13 @@ mod tests {
         let segment = fs::read_dir(dir.path())
             .unwrap()
             .map(|e| e.unwrap().path())
+            .filter(|p| {
+                p.file_name()
+                    .unwrap()
+                    .to_str()
+                    .unwrap()
+                    .starts_with("journal-")
+            })
             .max()
             .unwrap();
         let mut file = OpenOptions::new().append(true).open(&segment).unwrap();
@@ -688,7 +892,7 @@ mod tests {
         file.write_all(&torn[..torn.len() - 3]).unwrap();
         drop(file);
 
-        let (journal, replay) = Journal::open(dir.path()).unwrap();
+        let (journal, replay) = Journal::open(dir.path(), JournalSync::Always).unwrap();
         assert_eq!(replay.pending.len(), 1);
         assert_eq!(replay.pending[0].1.path, PathBuf::from("kept"));
         assert_eq!(replay.truncated_bytes, (torn.len() - 3) as u64);
@@ -728,16 +932,125 @@ mod tests {
         bytes.push(KIND_LOG);
         fs::write(dir.path().join(segment_name(1)), bytes).unwrap();
 
-        let err = Journal::open(dir.path()).err().expect("must be rejected");
+        let err = Journal::open(dir.path(), JournalSync::Always)
+            .err()
+            .expect("must be rejected");
         let message = err.to_string();
         assert!(message.contains("format 99"), "{message}");
         assert!(message.contains("incompatible"), "{message}");
     }
 
+    /// A killed daemon leaves its written records in the page cache: a new daemon replays
+    /// them although the journal was never closed nor synced on purpose.
+    #[test]
+    fn background_records_replay_without_close() {
+        let dir = tempfile::tempdir().unwrap();
+        let (journal, _) = Journal::open(dir.path(), JournalSync::Background).unwrap();
+        let first = journal.append(1, &Op::new("a", OpKind::Mkdir)).unwrap();
+        let second = journal.append(2, &rename("a", "b")).unwrap();
+        journal.done(1);
+        journal.wait(first).unwrap();
+        journal.wait(second).unwrap();
+
+        let (_, replay, _) = read_segments(dir.path()).unwrap();
+        assert_eq!(replay.pending, vec![(2, rename("a", "b"))]);
+        journal.close();
+    }
+
+    /// Appenders on several threads, done marks and compactions interleave; what replays is
+    /// exactly what was not marked done, before and after close.
+    #[test]
+    fn concurrent_background_appends_replay_exactly() {
+        let dir = tempfile::tempdir().unwrap();
+        let (journal, _) = Journal::open(dir.path(), JournalSync::Background).unwrap();
+        let long_path = "d/".repeat(1500);
+        let threads: Vec<_> = (0..4u64)
+            .map(|thread| {
+                let journal = journal.clone();
+                let long_path = long_path.clone();
+                std::thread::spawn(move || {
+                    let mut kept = Vec::new();
+                    for i in 0..3000u64 {
+                        let seq = 1 + thread + 4 * i;
+                        let batch = journal
+                            .append(seq, &Op::new(long_path.as_str(), OpKind::Attr))
+                            .unwrap();
+                        journal.wait(batch).unwrap();
+                        if i % 7 == 0 {
+                            kept.push(seq);
+                        } else {
+                            journal.done(seq);
+                        }
+                    }
+                    kept
+                })
+            })
+            .collect();
+        let mut kept: Vec<u64> = threads
+            .into_iter()
+            .flat_map(|t| t.join().unwrap())
+            .collect();
+        kept.sort_unstable();
+        journal.sync();
+        assert!(
+            journal.inner.lock().last_snapshot_bytes > 0,
+            "the test must cover compaction"
+        );
+
+        // Read what a killed daemon leaves (a second journal must not run beside the first).
+        let (_, replay, _) = read_segments(dir.path()).unwrap();
+        let replayed: Vec<u64> = replay.pending.iter().map(|(seq, _)| *seq).collect();
+        assert_eq!(
+            replayed, kept,
+            "replay while the first journal is still open"
+        );
+        journal.close();
+        let (journal, replay) = Journal::open(dir.path(), JournalSync::Background).unwrap();
+        let replayed: Vec<u64> = replay.pending.iter().map(|(seq, _)| *seq).collect();
+        assert_eq!(replayed, kept, "replay after close");
+        journal.close();
+    }
+
+    #[test]
+    fn unclosed_background_journal_of_another_boot_is_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        let (journal, _) = Journal::open(dir.path(), JournalSync::Background).unwrap();
+        journal.append(1, &Op::new("a", OpKind::Attr)).unwrap();
+        // The machine crashed (the journal stays open) and the daemon starts on a new boot.
+        let owner = dir.path().join("owner");
+        let text = fs::read_to_string(&owner).unwrap();
+        assert!(text.contains("state=open"), "{text}");
+        let boot = text.lines().find(|l| l.starts_with("boot=")).unwrap();
+        fs::write(&owner, text.replace(boot, "boot=another-boot")).unwrap();
+
+        let (second, replay) = Journal::open(dir.path(), JournalSync::Background).unwrap();
+        assert!(replay.records_may_be_lost);
+        second.close();
+        let (third, replay) = Journal::open(dir.path(), JournalSync::Background).unwrap();
+        assert!(!replay.records_may_be_lost, "a closed journal lost nothing");
+        third.close();
+        journal.close();
+
+        // In always mode every record was durable before its change, whatever crashed.
+        let (journal, _) = Journal::open(dir.path(), JournalSync::Always).unwrap();
+        let text = fs::read_to_string(&owner).unwrap();
+        let boot = text.lines().find(|l| l.starts_with("boot=")).unwrap();
+        fs::write(&owner, text.replace(boot, "boot=another-boot")).unwrap();
+        let (second, replay) = Journal::open(dir.path(), JournalSync::Background).unwrap();
+        assert!(!replay.records_may_be_lost);
+        second.close();
+        journal.close();
+    }
+
     #[test]
     fn compaction_keeps_only_pending_operations() {
+        compaction_keeps_only_pending_operations_in(JournalSync::Always);
+        compaction_keeps_only_pending_operations_in(JournalSync::Background);
+    }
+
+    fn compaction_keeps_only_pending_operations_in(sync: JournalSync) {
         let dir = tempfile::tempdir().unwrap();
-        let (journal, _) = Journal::open(dir.path()).unwrap();
+        let (journal, _) = Journal::open(dir.path(), sync).unwrap();
         let long_path = "d/".repeat(1000);
         let mut seq = 1;
         // Write well over the compaction threshold, leaving one operation pending.
@@ -765,7 +1078,7 @@ mod tests {
         }
         assert!(
             journal.inner.lock().last_snapshot_bytes > 0,
-            "writing 40 MB never compacted the journal"
+            "writing 40 MB never compacted the journal ({sync:?})"
         );
         let batch = journal
             .append(seq + 1, &Op::new("last", OpKind::Attr))
@@ -781,7 +1094,7 @@ mod tests {
             total < 4 << 20,
             "journal still holds {total} bytes after compaction"
         );
-        let (journal, replay) = Journal::open(dir.path()).unwrap();
+        let (journal, replay) = Journal::open(dir.path(), JournalSync::Always).unwrap();
         let paths: Vec<PathBuf> = replay.pending.iter().map(|(_, o)| o.path.clone()).collect();
         assert_eq!(paths, vec![PathBuf::from("pending"), PathBuf::from("last")]);
         journal.close();

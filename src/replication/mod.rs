@@ -22,7 +22,7 @@ use nix::errno::Errno;
 use crate::backend::Backend;
 use apply::Applier;
 use health::{Failure, Health, RemoteHealth};
-use journal::{Journal, JournalError};
+use journal::{Journal, JournalError, JournalSync};
 pub use op::{Op, OpKind, RangeSet};
 use queue::Queue;
 pub use queue::{PathSummary, QueueSummary};
@@ -48,6 +48,8 @@ pub struct ReplicationConfig {
     pub remote_call_threads: usize,
     /// In async mode, how long a fresh state transfer waits for following changes to join it.
     pub coalesce_window: Duration,
+    /// Whether a change waits for its journal record to be durable or only written.
+    pub journal_sync: JournalSync,
 }
 
 /// How often the monitor looks for hung remote applies and probes a down remote.
@@ -82,7 +84,7 @@ impl Replicator {
         config: ReplicationConfig,
         journal_dir: &Path,
     ) -> Result<Replicator, JournalError> {
-        let (journal, replay) = Journal::open(journal_dir)?;
+        let (journal, replay) = Journal::open(journal_dir, config.journal_sync)?;
         let queue = Arc::new(Queue::with_journal(journal.clone(), replay.next_seq));
         // In sync mode every call waits for its remote apply, so nothing may wait on purpose.
         if config.mode == Mode::Async {
@@ -106,6 +108,23 @@ impl Replicator {
         queue.restore_renames();
         for directory in directories {
             queue.push(Op::new(directory, OpKind::Attr));
+        }
+        if replay.records_may_be_lost {
+            tracing::warn!(
+                journal = %journal_dir.display(),
+                "the previous daemon did not close the journal and the machine has restarted since; \
+                 its last records may not have reached the disk, so both trees are compared in the background"
+            );
+            spawn_reconcile(
+                local.clone(),
+                remote.clone(),
+                queue.clone(),
+                config.mirror_owner,
+            )
+            .map_err(|source| JournalError::Io {
+                path: journal_dir.to_path_buf(),
+                source,
+            })?;
         }
         tracing::info!(
             replayed,
@@ -253,6 +272,14 @@ impl Replicator {
         self.record_and_wait(op, || Ok(()), true)
     }
 
+    /// Waits until every journal record written so far is durable; an application's fsync
+    /// calls this so that what it made durable locally will reach the remote after any crash.
+    pub fn sync_journal(&self) {
+        if let Some(journal) = &self.journal {
+            journal.sync();
+        }
+    }
+
     pub fn hides_remote(&self, path: &Path) -> bool {
         self.queue.hides_remote(path)
     }
@@ -300,6 +327,47 @@ impl Replicator {
         }
         left
     }
+}
+
+/// Compares both trees in the background and queues a fresh copy of every path that differs:
+/// after a machine crash the journal may miss the changes of its last milliseconds.
+fn spawn_reconcile(
+    local: Arc<Backend>,
+    remote: Arc<Backend>,
+    queue: Arc<Queue>,
+    mirror_owner: bool,
+) -> std::io::Result<()> {
+    std::thread::Builder::new()
+        .name("reconcile".into())
+        .spawn(move || {
+            let progress = indicatif::ProgressBar::hidden();
+            let options = crate::verify::CompareOptions {
+                checksum: false,
+                owners: mirror_owner,
+            };
+            match crate::verify::Comparison::run(&local, &remote, options, &progress) {
+                Ok(differences) => {
+                    for (path, list) in &differences {
+                        let kind = if list.iter().all(crate::verify::Difference::attributes_only) {
+                            OpKind::Attr
+                        } else {
+                            OpKind::Resync
+                        };
+                        queue.push(Op::new(path.clone(), kind));
+                    }
+                    tracing::info!(
+                        paths = differences.len(),
+                        entries = progress.position(),
+                        "comparison after a machine crash done; differing paths queued"
+                    );
+                }
+                Err(err) => tracing::error!(
+                    %err,
+                    "comparison after a machine crash failed; run `dualfs verify` to find what the remote misses"
+                ),
+            }
+        })
+        .map(drop)
 }
 
 struct Worker {

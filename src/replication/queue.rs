@@ -764,7 +764,8 @@ mod tests {
     fn rename_follow_up_is_journaled_before_the_original_is_done() {
         let dir = tempfile::tempdir().unwrap();
         let journal_dir = dir.path().join("journal");
-        let (journal, _) = Journal::open(&journal_dir).unwrap();
+        let (journal, _) =
+            Journal::open(&journal_dir, super::super::journal::JournalSync::Always).unwrap();
         let queue = Queue::with_journal(journal.clone(), 1);
         queue.push(data("a", 0, 10));
         let begun = queue.begin(rename("a", "b"));
@@ -774,6 +775,13 @@ mod tests {
         let segment = fs::read_dir(&journal_dir)
             .unwrap()
             .map(|e| e.unwrap().path())
+            .filter(|p| {
+                p.file_name()
+                    .unwrap()
+                    .to_str()
+                    .unwrap()
+                    .starts_with("journal-")
+            })
             .max()
             .unwrap();
         let bytes = fs::read(&segment).unwrap();
@@ -781,7 +789,9 @@ mod tests {
             let copy = dir.path().join(format!("cut{cut}"));
             fs::create_dir(&copy).unwrap();
             fs::write(copy.join(segment.file_name().unwrap()), &bytes[..cut]).unwrap();
-            let Ok((journal, replay)) = Journal::open(&copy) else {
+            let Ok((journal, replay)) =
+                Journal::open(&copy, super::super::journal::JournalSync::Always)
+            else {
                 continue; // cut inside the header: the segment is not a journal yet
             };
             journal.close();
