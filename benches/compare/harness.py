@@ -101,6 +101,40 @@ def memory_kib(pid):
     return values
 
 
+def descendants(pid):
+    """Return the ids of the live processes below `pid` (children, their children, ...)."""
+    children = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as stat:
+                fields = stat.read().rsplit(")", 1)[1].split()
+        except (FileNotFoundError, ProcessLookupError, IndexError):
+            continue
+        children.setdefault(int(fields[1]), []).append(int(entry))
+    found, pending = [], [pid]
+    while pending:
+        for child in children.get(pending.pop(), []):
+            found.append(child)
+            pending.append(child)
+    return found
+
+
+def memory_kib_tree(pid):
+    """Return VmHWM and VmRSS summed over a process and its descendants.
+
+    `dualfs mount` is a supervisor whose child serves the mount, so the memory of a mount is
+    the sum of both. The summed VmHWM is an upper bound of the peak, as the processes may peak
+    at different times.
+    """
+    total = memory_kib(pid)
+    for child in descendants(pid):
+        for key, value in memory_kib(child).items():
+            total[key] = total.get(key, 0) + value
+    return total
+
+
 def percentile(samples, fraction):
     """Return the nearest-rank percentile of `samples` (fraction 0.5 for p50, 0.99 for p99)."""
     ordered = sorted(samples)
@@ -251,7 +285,7 @@ class FuseMount:
         )
 
     def memory(self):
-        return memory_kib(self.pid)
+        return memory_kib_tree(self.pid)
 
     def stop(self):
         """Unmount and wait for the daemon to exit; fall back to SIGKILL and a lazy unmount."""
