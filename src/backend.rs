@@ -434,6 +434,12 @@ pub struct DirEntry {
 
 /// Reads every entry of an open directory except `.` and `..`.
 pub fn read_dir(fd: OwnedFd) -> Result<Vec<DirEntry>> {
+    read_dir_upto(fd, usize::MAX).map(|entries| entries.unwrap_or_default())
+}
+
+/// Lists a directory like [`read_dir`], but stops and returns `None` once it holds more than
+/// `limit` entries.
+pub fn read_dir_upto(fd: OwnedFd, limit: usize) -> Result<Option<Vec<DirEntry>>> {
     // SAFETY: fdopendir takes ownership of the descriptor on success.
     let dir = unsafe { libc::fdopendir(fd.as_raw_fd()) };
     if dir.is_null() {
@@ -442,6 +448,7 @@ pub fn read_dir(fd: OwnedFd) -> Result<Vec<DirEntry>> {
     std::mem::forget(fd);
 
     let mut entries = Vec::new();
+    let mut truncated = false;
     let result = loop {
         Errno::clear();
         // SAFETY: dir is a valid DIR stream until closedir below.
@@ -461,6 +468,10 @@ pub fn read_dir(fd: OwnedFd) -> Result<Vec<DirEntry>> {
         if name == b"." || name == b".." {
             continue;
         }
+        if entries.len() == limit {
+            truncated = true;
+            break Ok(());
+        }
         entries.push(DirEntry {
             name: OsString::from_vec(name.to_vec()),
             ino: ent.d_ino,
@@ -470,7 +481,7 @@ pub fn read_dir(fd: OwnedFd) -> Result<Vec<DirEntry>> {
 
     // SAFETY: dir came from fdopendir and is closed exactly once.
     unsafe { libc::closedir(dir) };
-    result.map(|()| entries)
+    result.map(|()| (!truncated).then_some(entries))
 }
 
 /// Returns the file type bits of a stat.

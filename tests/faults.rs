@@ -331,3 +331,44 @@ fn unreadable_local_tree_is_an_error_not_empty() {
         "nothing may be deleted on the remote because the local tree looked empty"
     );
 }
+
+/// Creating files looks each new name up in both trees. One listing of the remote directory
+/// rules the new names out, so the remote sees a handful of lookups for many creates; a
+/// name that another writer adds to the remote shows up once the listing's TTL has passed.
+#[test]
+fn new_names_need_no_remote_lookup_each() {
+    let backing = tempfile::Builder::new()
+        .prefix("dualfs-test-remote-")
+        .tempdir()
+        .unwrap();
+    fs::create_dir(backing.path().join("dir")).unwrap();
+    let remote = faultfs::FaultFs::mount(backing.path());
+    // A long coalesce window keeps the replication of the new files out of the count.
+    let mut mount = Mount::start_over(
+        None,
+        Some(remote.path()),
+        &["--mode", "async", "--coalesce-window", "3s"],
+    );
+    let dir = mount.path().join("dir");
+    assert!(dir.is_dir());
+
+    let before = remote.count("lookup");
+    for i in 0..50 {
+        fs::write(dir.join(format!("new{i}")), b"x").unwrap();
+    }
+    let lookups = remote.count("lookup") - before;
+    assert!(
+        lookups < 10,
+        "50 creates made {lookups} remote lookups; one listing should answer them"
+    );
+
+    fs::write(backing.path().join("dir/from-elsewhere"), b"remote").unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    assert_eq!(
+        fs::read(dir.join("from-elsewhere")).unwrap(),
+        b"remote",
+        "a remote name must show up after the cache TTL (1 s)"
+    );
+    mount.unmount();
+    drop(remote);
+}

@@ -15,6 +15,7 @@ mod io;
 mod namespace;
 mod orphans;
 pub mod passthrough;
+mod remote_dirs;
 pub mod xattr;
 
 use std::ffi::OsStr;
@@ -73,6 +74,8 @@ pub struct DualFs {
     inodes: Arc<Mutex<InodeTable>>,
     handles: HandleTable,
     cache: Arc<AttrCache>,
+    /// Remote directory listings that rule out names without a remote lookup.
+    remote_listings: remote_dirs::RemoteListings,
     replicator: Arc<Replicator>,
     config: FsConfig,
     /// Set when this daemon took over a live connection: the kernel may then name nodes that
@@ -101,6 +104,7 @@ impl DualFs {
             inodes: Arc::new(Mutex::new(inodes.unwrap_or_default())),
             handles,
             cache: Arc::new(AttrCache::new(config.cache_size, config.cache_ttl)),
+            remote_listings: remote_dirs::RemoteListings::new(config.cache_ttl),
             replicator,
             config,
             rediscovery: resumed.then(|| Mutex::new(false)),
@@ -239,11 +243,45 @@ impl DualFs {
     /// never reach the application, so any failure, a timeout or a down remote reads as
     /// "not there".
     fn remote_stat(&self, path: &Path) -> Option<Stat> {
-        if self.replicator.hides_remote(path) {
+        if self.replicator.hides_remote(path) || !self.remote_may_hold(path) {
             return None;
         }
         let path = path.to_path_buf();
         self.remote_call(move |remote| remote.lstat(&path))?.ok()
+    }
+
+    /// Returns false when a listing of the remote parent directory shows that the remote does
+    /// not hold `path`; lists the parent first when no fresh listing is cached.
+    fn remote_may_hold(&self, path: &Path) -> bool {
+        let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
+            return true;
+        };
+        if !self.remote_listings.is_enabled() {
+            return true;
+        }
+        if let Some(answer) = self.remote_listings.may_hold(dir, name) {
+            return answer;
+        }
+
+        let listed_dir = dir.to_path_buf();
+        let listing = match self.remote_call(move |remote| {
+            let fd = remote.open_dir(&listed_dir)?;
+            crate::backend::read_dir_upto(fd, remote_dirs::MAX_NAMES)
+        }) {
+            Some(Ok(Some(entries))) => remote_dirs::Listing::Names(std::sync::Arc::new(
+                entries.into_iter().map(|entry| entry.name).collect(),
+            )),
+            Some(Ok(None)) => remote_dirs::Listing::TooLarge,
+            Some(Err(Errno::ENOENT | Errno::ENOTDIR)) => {
+                remote_dirs::Listing::Names(std::sync::Arc::default())
+            }
+            // A remote that cannot list (permissions) may still answer a lookup.
+            Some(Err(_)) => return true,
+            // The remote is down, busy or too slow, so a lookup would fail too.
+            None => return false,
+        };
+        self.remote_listings.put(dir, listing);
+        self.remote_listings.may_hold(dir, name).unwrap_or(true)
     }
 
     /// Runs a remote call on the bounded pool with the remote deadline; `None` when the
