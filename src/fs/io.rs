@@ -125,7 +125,7 @@ impl DualFs {
             self.local.open_file(&path, open_flags, mode & 0o7777)
         })?;
 
-        let entry = self.created(parent, name, &path)?;
+        let entry = self.created_file(parent, name, &path, &file)?;
         let fh = self.handles.insert_file(
             FileHandle {
                 file,

@@ -357,6 +357,9 @@ impl DualFs {
     /// NOTE: the copy itself reads the remote directly, outside the deadline-bound pool, so a
     /// remote that hangs in the middle of a copy stalls this request.
     fn ensure_local(&self, path: &Path) -> FsResult<()> {
+        if let Some(Cached::Found(Side::Local, _)) = self.cache.get(path) {
+            return Ok(());
+        }
         match self.local.lstat(path) {
             Ok(_) => return Ok(()),
             Err(Errno::ENOENT) => {}

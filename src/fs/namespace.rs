@@ -31,7 +31,8 @@ impl DualFs {
         let path = self.new_child_path(parent, name)?;
         let parent_path = path.parent().unwrap_or(Path::new(""));
         self.ensure_local(parent_path)?;
-        if self.local.lstat(&path).is_err() && self.remote_stat(&path).is_some() {
+        // The kernel's lookup of the new name usually left its answer in the cache.
+        if let Ok((Side::Remote, _)) = self.resolve(&path) {
             return Err(Errno::EEXIST);
         }
         Ok(path)
@@ -41,6 +42,19 @@ impl DualFs {
     pub(super) fn created(&self, parent: u64, name: &OsStr, path: &Path) -> FsResult<Entry> {
         self.cache.invalidate(path);
         let st = self.local.lstat(path)?;
+        Ok(self.register(parent, name, Side::Local, &st))
+    }
+
+    /// Registers a just-created local file from the attributes of its open descriptor.
+    pub(super) fn created_file(
+        &self,
+        parent: u64,
+        name: &OsStr,
+        path: &Path,
+        file: &std::fs::File,
+    ) -> FsResult<Entry> {
+        self.cache.invalidate(path);
+        let st = crate::backend::fstat(std::os::fd::AsFd::as_fd(file))?;
         Ok(self.register(parent, name, Side::Local, &st))
     }
 

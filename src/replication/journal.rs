@@ -21,6 +21,7 @@ use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex};
 
@@ -92,6 +93,8 @@ struct Inner {
     dirty: bool,
     /// A snapshot is being written; appends wait in the buffer until it is in place.
     compacting: bool,
+    /// Background mode: a caller of `sync` waits, so the next sync may not wait its turn.
+    sync_requested: bool,
     /// Operations appended and not yet done, by sequence number.
     live: BTreeMap<u64, Op>,
     active: File,
@@ -103,6 +106,11 @@ struct Inner {
     failed_batches: VecDeque<(u64, i32)>,
     shutdown: bool,
 }
+
+/// Background mode: the shortest time between two syncs that nobody waits for. Each
+/// `fdatasync` of the journal also commits the file system's own journal, with the metadata of
+/// every change made since, so syncing after every record would cost the local tree dearly.
+const BACKGROUND_SYNC_INTERVAL: Duration = Duration::from_millis(10);
 
 /// How many failed group commits are remembered for their waiters.
 const FAILED_BATCHES_KEPT: usize = 64;
@@ -214,6 +222,7 @@ impl Journal {
                 durable_batch: 0,
                 dirty: false,
                 compacting: false,
+                sync_requested: false,
                 live,
                 active,
                 active_path,
@@ -315,6 +324,7 @@ impl Journal {
         } else {
             inner.open_batch
         };
+        inner.sync_requested = true;
         self.pending.notify_one();
         while inner.durable_batch < target && !inner.shutdown {
             self.durable.wait(&mut inner);
@@ -338,11 +348,22 @@ impl Journal {
     }
 
     fn run_flusher(&self) {
+        let mut last_sync = Instant::now() - BACKGROUND_SYNC_INTERVAL;
         loop {
             let mut inner = self.inner.lock();
             while inner.buffer.is_empty() && !inner.dirty && !inner.shutdown {
                 self.pending.wait(&mut inner);
             }
+            // Records written directly wait for the next sync slot unless someone waits.
+            let next_slot = last_sync + BACKGROUND_SYNC_INTERVAL;
+            while inner.buffer.is_empty()
+                && !inner.sync_requested
+                && !inner.shutdown
+                && Instant::now() < next_slot
+            {
+                self.pending.wait_until(&mut inner, next_slot);
+            }
+            inner.sync_requested = false;
             if inner.buffer.is_empty() && !inner.dirty && inner.shutdown {
                 return;
             }
@@ -360,6 +381,7 @@ impl Journal {
             let result = if compact {
                 self.compact(inner)
             } else if self.sync == JournalSync::Background {
+                last_sync = Instant::now();
                 self.write_then_sync(inner, &buffer, batch)
             } else {
                 let file = inner.active.try_clone();

@@ -403,7 +403,9 @@ impl Queue {
             inner.move_below_rename(begun.seq, running);
         }
         drop(inner);
-        self.work.notify_all();
+        // One worker is enough: it takes the change or sleeps until its coalesce window
+        // ends, and a worker that takes a change wakes the next one.
+        self.work.notify_one();
         Ticket(rx)
     }
 
@@ -422,7 +424,7 @@ impl Queue {
             inner.remove(begun.seq);
         }
         drop(inner);
-        self.work.notify_all();
+        self.work.notify_one();
     }
 
     /// Queues a change that has no local part left to make and returns a ticket for it.
@@ -478,7 +480,12 @@ impl Queue {
             if let Some(seq) = chosen {
                 let entry = inner.entries.get_mut(&seq).expect("chosen entry exists");
                 entry.in_flight = true;
-                return Some((seq, entry.op.clone()));
+                let op = entry.op.clone();
+                if inner.entries.len() > 1 {
+                    // Another change may be runnable too.
+                    self.work.notify_one();
+                }
+                return Some((seq, op));
             }
 
             match earliest_retry {
