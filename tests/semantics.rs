@@ -534,3 +534,54 @@ fn state_folder_is_private() {
         assert_eq!(mode(&path), 0o600, "{}", path.display());
     }
 }
+
+/// Reads how many requests of `op` the daemon has served, from its metrics.
+fn operations(mount: &Mount, op: &str) -> u64 {
+    let (_, body) = common::http_get(&mount.metrics_addr(), "/metrics");
+    body.lines()
+        .find(|line| line.starts_with(&format!("dualfs_operations_total{{op=\"{op}\"}}")))
+        .and_then(|line| line.rsplit(' ').next())
+        .map_or(0, |count| count.parse().unwrap())
+}
+
+fn names_in(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = fs::read_dir(dir)
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+/// With a long entry TTL the kernel keeps a directory's listing between opens, and every
+/// change made through the mount or to the local directory still shows in the next listing.
+#[test]
+fn cached_listing_follows_changes() {
+    let mut mount = Mount::start_with_args(&["--entry-ttl", "60s", "--attr-ttl", "1s"]);
+    let dir = mount.path().join("dir");
+    fs::create_dir(&dir).unwrap();
+    fs::write(dir.join("a"), b"a").unwrap();
+    assert_eq!(names_in(&dir), ["a"]);
+
+    let listed = operations(&mount, "readdirplus") + operations(&mount, "readdir");
+    assert_eq!(names_in(&dir), ["a"]);
+    assert_eq!(
+        operations(&mount, "readdirplus") + operations(&mount, "readdir"),
+        listed,
+        "the second listing must come from the kernel's cache"
+    );
+
+    fs::write(dir.join("b"), b"b").unwrap();
+    assert_eq!(names_in(&dir), ["a", "b"]);
+    fs::remove_file(dir.join("a")).unwrap();
+    assert_eq!(names_in(&dir), ["b"]);
+    fs::rename(dir.join("b"), mount.path().join("moved")).unwrap();
+    assert!(names_in(&dir).is_empty());
+
+    // A writer that bypasses the mount changes the local directory's modification time,
+    // which the next open notices once the kernel's attributes expire.
+    fs::write(mount.local().join("dir/outside"), b"o").unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    assert_eq!(names_in(&dir), ["outside"]);
+    mount.unmount();
+}

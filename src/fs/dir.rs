@@ -15,10 +15,30 @@ use super::{is_reserved, DualFs, FsResult};
 use crate::backend::{read_dir, DirEntry, Side};
 
 impl DualFs {
-    pub fn opendir(&self, id: u64) -> FsResult<u64> {
+    /// Opens a directory. Returns the handle and whether the kernel may keep the listing it
+    /// cached from an earlier open: true while that listing is younger than the entry TTL and
+    /// the directory's modification time is unchanged. The listing is then only taken if the
+    /// kernel reads the directory after all.
+    pub fn opendir(&self, id: u64) -> FsResult<(u64, bool)> {
         let path = self.node_path(id)?;
+        let (_, st) = self.resolve(&path)?;
+        let mtime = (st.st_mtime, st.st_mtime_nsec);
+        let ttl = self.config.entry_ttl;
+        let fresh = !ttl.is_zero()
+            && self
+                .listed
+                .lock()
+                .get(&id)
+                .is_some_and(|(at, listed_mtime)| at.elapsed() < ttl && *listed_mtime == mtime);
+        if fresh {
+            return Ok((self.handles.reserve_dir(), true));
+        }
+
         let entries = self.list(&path)?;
-        Ok(self.handles.insert_dir(DirListing { id, entries }))
+        self.listed
+            .lock()
+            .put(id, (std::time::Instant::now(), mtime));
+        Ok((self.handles.insert_dir(DirListing { id, entries }), false))
     }
 
     /// Flushes a directory's local entries and the journal records of the changes in it.
@@ -41,7 +61,7 @@ impl DualFs {
         if let Some(listing) = self.handles.dir(fh) {
             return Ok(listing);
         }
-        if self.rediscovery.is_none() {
+        if self.rediscovery.is_none() && !self.handles.is_reserved_dir(fh) {
             return Err(Errno::EBADF);
         }
         // A directory opened before this daemon took over: list it again. Offsets stay

@@ -497,7 +497,14 @@ impl Filesystem for FuseAdapter {
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
         let _request = self.begin("opendir");
         match self.fs.opendir(ino.0) {
-            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
+            // The kernel caches the listing; any change made through the mount drops it.
+            Ok((fh, keep)) => {
+                let mut flags = FopenFlags::FOPEN_CACHE_DIR;
+                if keep {
+                    flags |= FopenFlags::FOPEN_KEEP_CACHE;
+                }
+                reply.opened(FileHandle(fh), flags)
+            }
             Err(errno) => reply.error(self.errno_of(errno)),
         }
     }

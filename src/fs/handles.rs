@@ -244,6 +244,16 @@ impl HandleTable {
         fh
     }
 
+    /// Allocates a directory handle whose listing is taken only when it is first read.
+    pub fn reserve_dir(&self) -> u64 {
+        DIR_HANDLE | (self.next_dir.fetch_add(1, Ordering::Relaxed) + 1)
+    }
+
+    /// Whether `fh` is a directory handle this table handed out.
+    pub fn is_reserved_dir(&self, fh: u64) -> bool {
+        fh & DIR_HANDLE != 0 && fh & !DIR_HANDLE <= self.next_dir.load(Ordering::Relaxed)
+    }
+
     /// Puts back the listing of a directory handle left open by an earlier daemon.
     pub fn restore_dir(&self, fh: u64, listing: DirListing) -> Arc<DirListing> {
         let listing = Arc::new(listing);

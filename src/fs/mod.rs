@@ -68,6 +68,13 @@ pub struct Caller {
     pub gid: u32,
 }
 
+/// When a directory was listed for the kernel, and its modification time (seconds,
+/// nanoseconds) then.
+type Listed = (std::time::Instant, (i64, i64));
+
+/// How many directories remember when they were last listed.
+const LISTED_DIRECTORIES: usize = 65_536;
+
 pub struct DualFs {
     local: Arc<Backend>,
     remote: Arc<Backend>,
@@ -76,6 +83,9 @@ pub struct DualFs {
     cache: Arc<AttrCache>,
     /// Remote directory listings that rule out names without a remote lookup.
     remote_listings: remote_dirs::RemoteListings,
+    /// When each directory was last listed for the kernel, with its modification time then,
+    /// so a later open within the entry TTL lets the kernel keep its cached listing.
+    listed: Mutex<lru::LruCache<u64, Listed>>,
     replicator: Arc<Replicator>,
     config: FsConfig,
     /// Set when this daemon took over a live connection: the kernel may then name nodes that
@@ -105,6 +115,9 @@ impl DualFs {
             handles,
             cache: Arc::new(AttrCache::new(config.cache_size, config.cache_ttl)),
             remote_listings: remote_dirs::RemoteListings::new(config.cache_ttl),
+            listed: Mutex::new(lru::LruCache::new(
+                std::num::NonZeroUsize::new(LISTED_DIRECTORIES).expect("non-zero"),
+            )),
             replicator,
             config,
             rediscovery: resumed.then(|| Mutex::new(false)),
