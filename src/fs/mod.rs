@@ -82,7 +82,7 @@ pub struct DualFs {
     handles: HandleTable,
     cache: Arc<AttrCache>,
     /// Remote directory listings that rule out names without a remote lookup.
-    remote_listings: remote_dirs::RemoteListings,
+    remote_listings: Arc<remote_dirs::RemoteListings>,
     /// When each directory was last listed for the kernel, with its modification time then,
     /// so a later open within the entry TTL lets the kernel keep its cached listing.
     listed: Mutex<lru::LruCache<u64, Listed>>,
@@ -114,7 +114,7 @@ impl DualFs {
             inodes: Arc::new(Mutex::new(inodes.unwrap_or_default())),
             handles,
             cache: Arc::new(AttrCache::new(config.cache_size, config.cache_ttl)),
-            remote_listings: remote_dirs::RemoteListings::new(config.cache_ttl),
+            remote_listings: Arc::new(remote_dirs::RemoteListings::new(config.cache_ttl)),
             listed: Mutex::new(lru::LruCache::new(
                 std::num::NonZeroUsize::new(LISTED_DIRECTORIES).expect("non-zero"),
             )),
@@ -276,24 +276,31 @@ impl DualFs {
             return answer;
         }
 
+        // The call stores the listing itself, so one that misses the deadline still serves
+        // the next lookups in this directory once it completes.
         let listed_dir = dir.to_path_buf();
-        let listing = match self.remote_call(move |remote| {
-            let fd = remote.open_dir(&listed_dir)?;
-            crate::backend::read_dir_upto(fd, remote_dirs::MAX_NAMES)
-        }) {
-            Some(Ok(Some(entries))) => remote_dirs::Listing::Names(std::sync::Arc::new(
-                entries.into_iter().map(|entry| entry.name).collect(),
-            )),
-            Some(Ok(None)) => remote_dirs::Listing::TooLarge,
-            Some(Err(Errno::ENOENT | Errno::ENOTDIR)) => {
-                remote_dirs::Listing::Names(std::sync::Arc::default())
-            }
+        let listings = self.remote_listings.clone();
+        let list = move |remote: &crate::backend::Backend| {
+            let listing = match remote.open_dir(&listed_dir) {
+                Ok(fd) => match crate::backend::read_dir_upto(fd, remote_dirs::MAX_NAMES)? {
+                    Some(entries) => remote_dirs::Listing::Names(Arc::new(
+                        entries.into_iter().map(|entry| entry.name).collect(),
+                    )),
+                    None => remote_dirs::Listing::TooLarge,
+                },
+                Err(Errno::ENOENT | Errno::ENOTDIR) => remote_dirs::Listing::Names(Arc::default()),
+                Err(errno) => return Err(errno),
+            };
+            listings.put(&listed_dir, listing);
+            Ok(())
+        };
+        match self.remote_call(list) {
+            Some(Ok(())) => {}
             // A remote that cannot list (permissions) may still answer a lookup.
             Some(Err(_)) => return true,
-            // The remote is down, busy or too slow, so a lookup would fail too.
+            // The remote is down, busy or slow, so a lookup would not answer in time either.
             None => return false,
-        };
-        self.remote_listings.put(dir, listing);
+        }
         self.remote_listings.may_hold(dir, name).unwrap_or(true)
     }
 
