@@ -183,13 +183,15 @@ impl Mount {
     /// endpoint is not connected").
     pub fn crash(&mut self) {
         if let Some(mut daemon) = self.daemon.take() {
-            let serving = serving_pid(daemon.id());
+            let serving = descendants(daemon.id());
             let _ = daemon.kill();
             let _ = daemon.wait();
-            if let Some(pid) = serving {
-                // SAFETY: kill has no memory-safety preconditions; the pid is the serving
-                // daemon this guard's supervisor started, which nothing else reaps.
+            for &pid in &serving {
+                // SAFETY: kill has no memory-safety preconditions; the pid is a process this
+                // guard's supervisor started, which nothing else reaps.
                 unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+            }
+            for &pid in &serving {
                 wait_gone(pid);
             }
             // The connection dies when the last holder's files are released.
@@ -516,6 +518,28 @@ pub fn serving_pid(supervisor: u32) -> Option<u32> {
     let children =
         fs::read_to_string(format!("/proc/{supervisor}/task/{supervisor}/children")).ok()?;
     children.split_whitespace().next()?.parse().ok()
+}
+
+/// Returns the processes below `pid`, children of any of its threads included, so that
+/// killing them all leaves nothing that still holds the FUSE connection.
+pub fn descendants(pid: u32) -> Vec<u32> {
+    let mut found = Vec::new();
+    let mut pending = vec![pid];
+    while let Some(parent) = pending.pop() {
+        let Ok(tasks) = fs::read_dir(format!("/proc/{parent}/task")) else {
+            continue;
+        };
+        for task in tasks.flatten() {
+            let children = fs::read_to_string(task.path().join("children")).unwrap_or_default();
+            for child in children.split_whitespace().filter_map(|c| c.parse().ok()) {
+                if !found.contains(&child) {
+                    found.push(child);
+                    pending.push(child);
+                }
+            }
+        }
+    }
+    found
 }
 
 /// Waits until every thread of process `pid` has exited: its leader is a zombie or gone and
