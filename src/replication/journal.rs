@@ -31,6 +31,9 @@ const MAGIC: &[u8; 8] = b"DUALFSJR";
 /// The on-disk format this build reads and writes.
 pub const FORMAT_VERSION: u32 = 1;
 const HEADER_LEN: usize = 13;
+/// Segments that earlier versions started with; replay reads them like any segment after
+/// the newest snapshot.
+#[cfg_attr(not(test), allow(dead_code))]
 const KIND_LOG: u8 = 0;
 const KIND_SNAPSHOT: u8 = 1;
 
@@ -174,12 +177,6 @@ fn header(kind: u8) -> Vec<u8> {
     bytes
 }
 
-fn sync_dir(dir: &Path) -> Result<(), JournalError> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(io_error(dir))
-}
-
 impl Journal {
     /// Opens the journal in `dir` (creating it), replays it and starts the group-commit thread.
     pub fn open(dir: &Path, sync: JournalSync) -> Result<(Arc<Journal>, Replay), JournalError> {
@@ -189,27 +186,19 @@ impl Journal {
             .mode(0o700)
             .create(dir)
             .map_err(io_error(dir))?;
-        let (segments, mut replay, last_snapshot_bytes) = read_segments(dir)?;
+        let (segments, mut replay, _) = read_segments(dir)?;
         replay.records_may_be_lost = owner::take_over(dir, sync.name())?;
 
-        // NOTE: every start adds a segment with its space reserve, and older segments go only
-        // when compaction runs past COMPACT_MIN_BYTES, so a quiet mount that restarts often
-        // keeps growing this folder.
+        // Each start replaces every segment by one snapshot of the pending operations, so
+        // restarts do not pile up segments and their space reserves.
         let active_id = segments.last().map_or(1, |(id, _)| id + 1);
-        let active_path = dir.join(segment_name(active_id));
-        let mut active = OpenOptions::new()
-            .create_new(true)
-            .append(true)
-            .mode(0o600)
-            .open(&active_path)
-            .map_err(io_error(&active_path))?;
-        active
-            .write_all(&header(KIND_LOG))
-            .and_then(|()| active.sync_all())
-            .map_err(io_error(&active_path))?;
-        reserve_space(&active);
-        sync_dir(dir)?;
-
+        let mut snapshot = Vec::new();
+        for (seq, op) in &replay.pending {
+            encode_record(&mut snapshot, RECORD_APPEND, *seq, Some(op));
+        }
+        let (active, active_path, active_bytes) =
+            write_snapshot_segment(dir, active_id, &snapshot).map_err(io_error(dir))?;
+        remove_segments_before(dir, active_id);
         let live: BTreeMap<u64, Op> = replay.pending.iter().cloned().collect();
         replay.pending = live.iter().map(|(s, o)| (*s, o.clone())).collect();
         let journal = Arc::new(Journal {
@@ -227,8 +216,8 @@ impl Journal {
                 active,
                 active_path,
                 active_id,
-                active_bytes: HEADER_LEN as u64,
-                last_snapshot_bytes,
+                active_bytes,
+                last_snapshot_bytes: active_bytes,
                 failed_batches: VecDeque::new(),
                 shutdown: false,
             }),
@@ -461,7 +450,7 @@ impl Journal {
         inner.active_bytes = bytes;
         inner.last_snapshot_bytes = bytes;
         drop(inner);
-        self.remove_segments_before(id);
+        remove_segments_before(&self.dir, id);
         Ok(0)
     }
 
@@ -469,44 +458,46 @@ impl Journal {
     /// appending, with its path, id and size.
     fn write_snapshot(&self, records: &[u8]) -> io::Result<(File, PathBuf, u64, u64)> {
         let id = self.inner.lock().active_id + 1;
-        let path = self.dir.join(segment_name(id));
-        let temporary = self.dir.join(format!("{}.tmp", segment_name(id)));
-
-        let write = || -> io::Result<File> {
-            let mut file = OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .mode(0o600)
-                .open(&temporary)?;
-            file.write_all(&header(KIND_SNAPSHOT))?;
-            file.write_all(records)?;
-            file.sync_all()?;
-            fs::rename(&temporary, &path)?;
-            File::open(&self.dir)?.sync_all()?;
-            let file = OpenOptions::new().append(true).open(&path)?;
-            reserve_space(&file);
-            Ok(file)
-        };
-        let file = write()?;
-        let bytes = (HEADER_LEN + records.len()) as u64;
+        let (file, path, bytes) = write_snapshot_segment(&self.dir, id, records)?;
         tracing::info!(segment = %path.display(), bytes, "journal compacted");
         Ok((file, path, id, bytes))
     }
+}
 
-    fn remove_segments_before(&self, id: u64) {
-        let Ok(entries) = fs::read_dir(&self.dir) else {
-            return;
+/// Writes a snapshot segment `id` holding `records` (to a temporary file renamed into place,
+/// so it is complete or absent) and returns it opened for appending, with its path and size.
+fn write_snapshot_segment(dir: &Path, id: u64, records: &[u8]) -> io::Result<(File, PathBuf, u64)> {
+    let path = dir.join(segment_name(id));
+    let temporary = dir.join(format!("{}.tmp", segment_name(id)));
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&temporary)?;
+    file.write_all(&header(KIND_SNAPSHOT))?;
+    file.write_all(records)?;
+    file.sync_all()?;
+    fs::rename(&temporary, &path)?;
+    File::open(dir)?.sync_all()?;
+    let file = OpenOptions::new().append(true).open(&path)?;
+    reserve_space(&file);
+    Ok((file, path, (HEADER_LEN + records.len()) as u64))
+}
+
+/// Removes the segments older than `id`, which a complete snapshot replaces.
+fn remove_segments_before(dir: &Path, id: u64) {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(old) = name.to_str().and_then(segment_id) else {
+            continue;
         };
-        for entry in entries.flatten() {
-            let name = entry.file_name();
-            let Some(old) = name.to_str().and_then(segment_id) else {
-                continue;
-            };
-            if old < id {
-                if let Err(err) = fs::remove_file(entry.path()) {
-                    tracing::warn!(path = %entry.path().display(), %err, "cannot remove an old journal segment");
-                }
+        if old < id {
+            if let Err(err) = fs::remove_file(entry.path()) {
+                tracing::warn!(path = %entry.path().display(), %err, "cannot remove an old journal segment");
             }
         }
     }
@@ -880,6 +871,50 @@ mod tests {
             "a replayed data operation copies the whole file"
         );
         assert_eq!(replay.next_seq, 4);
+        journal.close();
+    }
+
+    fn segment_count(dir: &Path) -> usize {
+        fs::read_dir(dir)
+            .unwrap()
+            .filter(|e| {
+                let name = e.as_ref().unwrap().file_name();
+                name.to_str().unwrap().starts_with("journal-")
+            })
+            .count()
+    }
+
+    #[test]
+    fn restarts_keep_one_segment() {
+        let dir = tempfile::tempdir().unwrap();
+        let (journal, _) = Journal::open(dir.path(), JournalSync::Background).unwrap();
+        let batch = journal.append(7, &Op::new("kept", OpKind::Attr)).unwrap();
+        journal.wait(batch).unwrap();
+        journal.close();
+        for _ in 0..5 {
+            let (journal, replay) = Journal::open(dir.path(), JournalSync::Background).unwrap();
+            assert_eq!(replay.pending, vec![(7, Op::new("kept", OpKind::Attr))]);
+            journal.close();
+        }
+        assert_eq!(segment_count(dir.path()), 1);
+    }
+
+    #[test]
+    fn log_segment_of_an_earlier_version_is_replayed() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut bytes = header(KIND_LOG);
+        encode_record(
+            &mut bytes,
+            RECORD_APPEND,
+            3,
+            Some(&Op::new("old", OpKind::Attr)),
+        );
+        fs::write(dir.path().join(segment_name(4)), bytes).unwrap();
+
+        let (journal, replay) = Journal::open(dir.path(), JournalSync::Always).unwrap();
+        assert_eq!(replay.pending, vec![(3, Op::new("old", OpKind::Attr))]);
+        assert_eq!(replay.next_seq, 4);
+        assert_eq!(segment_count(dir.path()), 1, "the old segment is replaced");
         journal.close();
     }
 
