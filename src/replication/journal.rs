@@ -2,7 +2,9 @@
 //!
 //! Every queued operation is appended before the local change it describes is made, and is
 //! marked done once the remote has it; on start, the operations without a done mark are queued
-//! again. Appends from many threads share one write and one `fdatasync` (group commit).
+//! again. In `always` mode appends from many threads share one write and one `fdatasync`
+//! (group commit) that the change waits for; in `background` mode the change waits only for
+//! the write, and the `fdatasync` follows at most every 10 ms.
 //!
 //! On disk the journal is a series of segment files `journal-<id>` in the state folder. Each
 //! starts with a header (magic, format version, kind) followed by records:
@@ -10,7 +12,8 @@
 //! last segment, which replay detects by its length or checksum and cuts off; records before it
 //! are kept. Compaction writes the operations still pending into a new snapshot segment
 //! (written to a temporary file and renamed into place, so it is complete or absent), after
-//! which older segments are deleted; replay starts from the newest snapshot.
+//! which older segments are deleted; replay starts from the newest snapshot. Every start
+//! compacts this way before the first append.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::ffi::OsString;
