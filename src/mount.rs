@@ -333,6 +333,12 @@ pub fn run(args: MountArgs) -> Result<ExitCode> {
 /// Serves the FUSE connection a supervisor passed down, until it is unmounted, then drains
 /// the replication queue.
 fn serve(args: MountArgs, inherited: Inherited) -> Result<ExitCode> {
+    // Handlers go in first: a SIGTERM forwarded while the journal replays waits here and
+    // unmounts once the daemon serves, instead of killing it and leaving a dead mount.
+    // The handler stays installed until the process exits, so a signal that arrives while
+    // the queue drains after an unmount does not kill the daemon mid-write.
+    let mut signals =
+        Signals::new([SIGINT, SIGTERM, SIGUSR1]).context("cannot install signal handlers")?;
     // The mount point must not be touched here: this daemon does not serve it yet, so any
     // access to it would wait for this very process.
     let paths = MountPaths {
@@ -464,10 +470,6 @@ fn serve(args: MountArgs, inherited: Inherited) -> Result<ExitCode> {
         "mounted"
     );
 
-    // The handler stays installed until the process exits, so a signal that arrives while
-    // the queue drains after an unmount does not kill the daemon mid-write.
-    let mut signals =
-        Signals::new([SIGINT, SIGTERM, SIGUSR1]).context("cannot install signal handlers")?;
     let mountpoint = paths.mountpoint.clone();
     let stopper = replicator.clone();
     let request_wait = args.remote_timeout + Duration::from_secs(5);

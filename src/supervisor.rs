@@ -464,6 +464,10 @@ pub fn run(args: MountArgs) -> Result<ExitCode> {
         .clone()
         .unwrap_or_else(|| default_socket(&mountpoint));
     let (events_tx, events) = crossbeam_channel::unbounded();
+    // Handlers go in before anything is mounted: a SIGTERM that arrives while the mount is
+    // being set up waits in the channel and stops the daemon once it serves, so no dead mount
+    // is left behind.
+    signals(events_tx.clone())?;
 
     let takeover = args.takeover && mount::is_live_dualfs(&mountpoint);
     if args.takeover && !takeover {
@@ -522,7 +526,6 @@ pub fn run(args: MountArgs) -> Result<ExitCode> {
             "this kernel cannot resend requests (FUSE_NOTIFY_RESEND needs Linux 6.9): after a daemon crash, calls the dead daemon had read stay blocked, and takeovers are rejected"
         );
     }
-    signals(events_tx.clone())?;
     let outcome = supervise(&exe, &conn, resumed, &paths, &events, &events_tx);
     if listening && !matches!(outcome, Ok(Outcome::HandedOver)) {
         let _ = std::fs::remove_file(&socket);
@@ -641,6 +644,14 @@ fn supervise(
                     send_connection(&stream, conn, restarts)?;
                     tracing::info!(stop = ?asked.elapsed(), "handed the connection over");
                     return Ok(Outcome::HandedOver);
+                }
+                if stopping && status.code() != Some(0) {
+                    // The daemon died before it could unmount (the signal came before its
+                    // handlers), so the mount is taken down here; the journal keeps what
+                    // was queued.
+                    tracing::warn!(%status, "the daemon stopped without unmounting; unmounting");
+                    mount::unmount(&paths.mountpoint);
+                    return Ok(Outcome::Exited(ExitCode::FAILURE));
                 }
                 if stopping || status.code() == Some(0) {
                     return Ok(Outcome::Exited(exit_code(status)));

@@ -552,3 +552,41 @@ fn mount_point_with_trailing_slash() {
         "the daemon did not stop cleanly:\n{log}"
     );
 }
+
+/// A SIGTERM that arrives while the mount is being set up (a pod stopped right after it
+/// started) must still end with nothing mounted, never a dead mount.
+#[test]
+fn sigterm_during_startup_leaves_no_mount() {
+    for _ in 0..5 {
+        let dirs = tempfile::tempdir().unwrap();
+        for dir in ["local", "remote", "mnt"] {
+            std::fs::create_dir(dirs.path().join(dir)).unwrap();
+        }
+        let mountpoint = dirs.path().join("mnt");
+        let mut daemon = std::process::Command::new(common::dualfs_binary())
+            .arg("mount")
+            .arg("--local")
+            .arg(dirs.path().join("local"))
+            .arg("--remote")
+            .arg(dirs.path().join("remote"))
+            .arg(&mountpoint)
+            .args(["--metrics-addr", "off"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = std::time::Instant::now() + common::READY_TIMEOUT;
+        while common::mount_fs_type(&mountpoint).is_none() && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        // SAFETY: kill has no memory-safety preconditions; the pid is our unreaped child.
+        unsafe { libc::kill(daemon.id() as libc::pid_t, libc::SIGTERM) };
+        let status = common::wait_timeout(&mut daemon, common::STOP_TIMEOUT);
+        let left = common::mount_fs_type(&mountpoint);
+        if left.is_some() {
+            common::lazy_unmount(&mountpoint);
+        }
+        assert!(status.is_some(), "dualfs did not exit after SIGTERM");
+        assert_eq!(left, None, "SIGTERM during startup left a mount behind");
+    }
+}
