@@ -49,13 +49,43 @@ pub struct UnmountArgs {
     pub path: PathBuf,
 
     /// How long to wait for the daemon to exit.
-    #[arg(long, value_parser = parse_duration, default_value = "120s", value_name = "DURATION")]
+    #[arg(long, value_parser = parse_duration, allow_hyphen_values = true, default_value = "120s", value_name = "DURATION")]
     pub timeout: Duration,
 }
 
 fn parse_duration(value: &str) -> Result<Duration, String> {
+    if value.starts_with('-') {
+        return Err(format!(
+            "invalid duration {value:?}: durations cannot be negative (examples: 500ms, 5s, 2m)"
+        ));
+    }
     humantime::parse_duration(value)
         .map_err(|err| format!("invalid duration {value:?}: {err} (examples: 500ms, 5s, 2m)"))
+}
+
+/// Parses a duration that must be longer than zero.
+fn parse_positive_duration(value: &str) -> Result<Duration, String> {
+    match parse_duration(value)? {
+        Duration::ZERO => Err(format!(
+            "invalid duration {value:?}: it must be longer than zero (examples: 500ms, 5s, 2m)"
+        )),
+        duration => Ok(duration),
+    }
+}
+
+/// Checks a metrics address: ADDRESS:PORT or `off`.
+fn parse_metrics_addr(value: &str) -> Result<String, String> {
+    if value == "off" {
+        return Ok(value.to_string());
+    }
+    value
+        .parse::<std::net::SocketAddr>()
+        .map(|_| value.to_string())
+        .map_err(|err| {
+            format!(
+                "invalid address {value:?}: {err}; use ADDRESS:PORT such as 127.0.0.1:9464, or off"
+            )
+        })
 }
 
 #[derive(Args, Debug, Clone)]
@@ -78,12 +108,12 @@ pub struct MountArgs {
 
     /// How long a change waits for the remote in sync mode before it stays queued and the
     /// call returns.
-    #[arg(long, value_parser = parse_duration, default_value = "5s", value_name = "DURATION")]
+    #[arg(long, value_parser = parse_positive_duration, allow_hyphen_values = true, default_value = "5s", value_name = "DURATION")]
     pub remote_timeout: Duration,
 
     /// In async mode, how long a new change waits for the writes, chmods and time updates that
     /// usually follow it to join it, saving journal records and remote calls.
-    #[arg(long, value_parser = parse_duration, default_value = "20ms", value_name = "DURATION")]
+    #[arg(long, value_parser = parse_duration, allow_hyphen_values = true, default_value = "20ms", value_name = "DURATION")]
     pub coalesce_window: Duration,
 
     /// When a change may go ahead after its journal record: `always` waits for the record to
@@ -94,15 +124,15 @@ pub struct MountArgs {
     pub journal_sync: crate::replication::journal::JournalSync,
 
     /// How long the kernel may cache name lookups.
-    #[arg(long, value_parser = parse_duration, default_value = "1s", value_name = "DURATION")]
+    #[arg(long, value_parser = parse_duration, allow_hyphen_values = true, default_value = "1s", value_name = "DURATION")]
     pub entry_ttl: Duration,
 
     /// How long the kernel may cache file attributes.
-    #[arg(long, value_parser = parse_duration, default_value = "1s", value_name = "DURATION")]
+    #[arg(long, value_parser = parse_duration, allow_hyphen_values = true, default_value = "1s", value_name = "DURATION")]
     pub attr_ttl: Duration,
 
     /// How long dualfs's metadata cache keeps an entry (0s disables it).
-    #[arg(long, value_parser = parse_duration, default_value = "1s", value_name = "DURATION")]
+    #[arg(long, value_parser = parse_duration, allow_hyphen_values = true, default_value = "1s", value_name = "DURATION")]
     pub cache_ttl: Duration,
 
     /// Maximum number of paths in dualfs's metadata cache.
@@ -138,11 +168,11 @@ pub struct MountArgs {
     pub no_mirror_owner: bool,
 
     /// Address for /metrics (Prometheus), /healthz and /readyz; `off` disables them.
-    #[arg(long, default_value = "127.0.0.1:9464", value_name = "ADDR:PORT|off")]
+    #[arg(long, value_parser = parse_metrics_addr, default_value = "127.0.0.1:9464", value_name = "ADDR:PORT|off")]
     pub metrics_addr: String,
 
     /// On unmount, how long to wait for queued changes to reach the remote before exiting.
-    #[arg(long, value_parser = parse_duration, default_value = "60s", value_name = "DURATION")]
+    #[arg(long, value_parser = parse_duration, allow_hyphen_values = true, default_value = "60s", value_name = "DURATION")]
     pub drain_timeout: Duration,
 
     /// If MOUNTPOINT is already served by a running dualfs with the same --local and

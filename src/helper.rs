@@ -32,6 +32,8 @@ const DROPPED: &[&str] = &[
 const WITH_VALUE: &[(&str, &str)] = &[
     ("mode", "--mode"),
     ("remote_timeout", "--remote-timeout"),
+    ("coalesce_window", "--coalesce-window"),
+    ("journal_sync", "--journal-sync"),
     ("entry_ttl", "--entry-ttl"),
     ("attr_ttl", "--attr-ttl"),
     ("cache_ttl", "--cache-ttl"),
@@ -48,6 +50,7 @@ const SWITCHES: &[(&str, &str)] = &[
     ("allow_other", "--allow-other"),
     ("hydrate", "--hydrate"),
     ("no_mirror_owner", "--no-mirror-owner"),
+    ("no_passthrough", "--no-passthrough"),
 ];
 
 /// The translated command line of `dualfs mount`.
@@ -312,6 +315,30 @@ mod tests {
 
     fn strings(items: &[&str]) -> Vec<String> {
         items.iter().map(|s| s.to_string()).collect()
+    }
+
+    /// Every option of `dualfs mount` can be given through mount(8), except the ones that
+    /// only make sense for a command run by hand.
+    #[test]
+    fn every_mount_option_has_a_helper_name() {
+        use clap::Args;
+        const BY_HAND_ONLY: &[&str] = &[
+            "--local",
+            "--remote",
+            "--takeover",
+            "--handover-socket",
+            "--after-handover",
+        ];
+        let command = crate::cli::MountArgs::augment_args(clap::Command::new("mount"));
+        for arg in command.get_arguments() {
+            let Some(long) = arg.get_long() else { continue };
+            let flag = format!("--{long}");
+            if BY_HAND_ONLY.contains(&flag.as_str()) || long == "help" {
+                continue;
+            }
+            let known = WITH_VALUE.iter().chain(SWITCHES).any(|(_, f)| *f == flag);
+            assert!(known, "{flag} has no mount(8) option name in the helper");
+        }
     }
 
     #[test]

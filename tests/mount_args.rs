@@ -241,3 +241,37 @@ fn nonempty_mountpoint_rejected() {
         &[&mountpoint],
     );
 }
+
+/// Option values that cannot work are rejected by the command line itself, before the
+/// journal or anything else is created in the local tree, with the value named.
+#[test]
+fn bad_option_values_rejected_before_anything_starts() {
+    let cases: &[(&[&str], &str)] = &[
+        (&["--entry-ttl", "-1s"], "durations cannot be negative"),
+        (&["--attr-ttl=-5ms"], "durations cannot be negative"),
+        (&["--remote-timeout", "0s"], "longer than zero"),
+        (&["--metrics-addr", "nonsense"], "invalid address \"nonsense\""),
+        (&["--journal-sync", "sometimes"], "possible values: always, background"),
+    ];
+    for (args, expected) in cases {
+        let layout = Layout::new();
+        let output = Command::new(dualfs_binary())
+            .arg("mount")
+            .arg("--local")
+            .arg(layout.path("local"))
+            .arg("--remote")
+            .arg(layout.path("remote"))
+            .args(*args)
+            .arg(layout.path("mnt"))
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "{args:?} was accepted");
+        assert!(stderr.contains(expected), "{args:?}: {stderr}");
+        assert!(
+            !layout.path("local/.dualfs").exists(),
+            "{args:?} created the state folder before failing"
+        );
+        assert!(mounts_under(&layout.root_path).is_empty());
+    }
+}
