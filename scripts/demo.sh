@@ -34,8 +34,8 @@ for _ in $(seq 100); do
     sleep 0.1
 done
 
-# The largest crate that cargo downloaded for this build is a real source tree of thousands of
-# files (a .crate file is a tar.gz).
+# The largest crate that cargo downloaded for this build is a real source tree, usually of
+# hundreds of files (a .crate file is a tar.gz).
 crate=$(ls -S "${CARGO_HOME:-$HOME/.cargo}"/registry/cache/*/*.crate | sed -n 1p)
 echo "== unpacking $(basename "$crate") into the mount"
 tar -xzf "$crate" -C "$work/mnt"

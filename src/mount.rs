@@ -467,6 +467,7 @@ fn serve(args: MountArgs, inherited: Inherited) -> Result<ExitCode> {
         remote = %paths.remote.display(),
         mountpoint = %paths.mountpoint.display(),
         mode = ?args.mode,
+        journal_sync = ?args.journal_sync,
         "mounted"
     );
 

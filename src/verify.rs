@@ -336,6 +336,16 @@ fn show(path: &Path) -> String {
     }
 }
 
+/// Counts paths in words, with the verb that agrees: "1 path differs", "2 paths differ".
+fn paths(count: usize, singular_verb: &str, plural_verb: &str) -> String {
+    let (noun, verb) = if count == 1 {
+        ("path", singular_verb)
+    } else {
+        ("paths", plural_verb)
+    };
+    format!("{count} {noun} {verb}").trim_end().to_string()
+}
+
 fn progress_bar(message: &'static str) -> ProgressBar {
     if !std::io::stderr().is_terminal() {
         return ProgressBar::with_draw_target(None, ProgressDrawTarget::hidden());
@@ -385,8 +395,8 @@ pub fn run_verify(args: VerifyArgs) -> Result<ExitCode> {
     }
     print_differences(&differences);
     eprintln!(
-        "{} paths differ; run `dualfs resync` with the same directories to repair the remote",
-        differences.len()
+        "{}; run `dualfs resync` with the same directories to repair the remote",
+        paths(differences.len(), "differs", "differ")
     );
     Ok(ExitCode::FAILURE)
 }
@@ -465,12 +475,15 @@ pub fn run_resync(args: VerifyArgs) -> Result<ExitCode> {
     progress.finish_and_clear();
     if left.is_empty() {
         eprintln!(
-            "repaired {} paths; the remote now matches the local tree",
-            differences.len()
+            "repaired {}; the remote now matches the local tree",
+            paths(differences.len(), "", "")
         );
         return Ok(ExitCode::SUCCESS);
     }
     print_differences(&left);
-    eprintln!("{} paths still differ after the repair", left.len());
+    eprintln!(
+        "{} after the repair",
+        paths(left.len(), "still differs", "still differ")
+    );
     Ok(ExitCode::FAILURE)
 }

@@ -250,8 +250,14 @@ fn bad_option_values_rejected_before_anything_starts() {
         (&["--entry-ttl", "-1s"], "durations cannot be negative"),
         (&["--attr-ttl=-5ms"], "durations cannot be negative"),
         (&["--remote-timeout", "0s"], "longer than zero"),
-        (&["--metrics-addr", "nonsense"], "invalid address \"nonsense\""),
-        (&["--journal-sync", "sometimes"], "possible values: always, background"),
+        (
+            &["--metrics-addr", "nonsense"],
+            "invalid address \"nonsense\"",
+        ),
+        (
+            &["--journal-sync", "sometimes"],
+            "possible values: always, background",
+        ),
     ];
     for (args, expected) in cases {
         let layout = Layout::new();
