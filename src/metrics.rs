@@ -221,12 +221,23 @@ impl Drop for RequestTimer<'_> {
 }
 
 /// Serves `/metrics`, `/healthz` and `/readyz` on `addr` from a background thread.
-pub fn serve(addr: SocketAddr, metrics: Arc<Metrics>, mountpoint: PathBuf) -> anyhow::Result<()> {
-    let server = tiny_http::Server::http(addr).map_err(|err| {
+/// Listens on `addr` for the metrics endpoints; `serve` answers on it later. Binding first
+/// lets a daemon fail on a taken port before it opens its journal.
+pub fn bind(addr: SocketAddr) -> anyhow::Result<tiny_http::Server> {
+    tiny_http::Server::http(addr).map_err(|err| {
         anyhow::anyhow!(
             "cannot listen on {addr} for metrics: {err}; pass another --metrics-addr or --metrics-addr off"
         )
-    })?;
+    })
+}
+
+/// Answers /metrics, /healthz and /readyz on a listener from [`bind`].
+pub fn serve(
+    server: tiny_http::Server,
+    metrics: Arc<Metrics>,
+    mountpoint: PathBuf,
+) -> anyhow::Result<()> {
+    let addr = server.server_addr().to_string();
     let bound = server
         .server_addr()
         .to_ip()

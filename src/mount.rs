@@ -349,6 +349,19 @@ fn serve(args: MountArgs, inherited: Inherited) -> Result<ExitCode> {
             .collect(),
     };
     let _lock = lock_local_tree(&paths.local)?;
+    // The metrics port is taken before the journal opens, so a taken port fails the start
+    // without leaving the journal marked open.
+    let metrics_server = match args.metrics_addr.as_str() {
+        "off" => None,
+        addr => {
+            let addr = addr.parse().map_err(|err| {
+                anyhow::anyhow!(
+                    "invalid --metrics-addr {addr:?}: {err}; use ADDRESS:PORT such as 127.0.0.1:9464, or off"
+                )
+            })?;
+            Some(crate::metrics::bind(addr)?)
+        }
+    };
     // Modes arrive already masked by the kernel; our own umask must not mask them again.
     // SAFETY: umask has no preconditions.
     unsafe { libc::umask(0) };
@@ -419,14 +432,8 @@ fn serve(args: MountArgs, inherited: Inherited) -> Result<ExitCode> {
             cache_misses: cache.misses,
         }
     });
-    if args.metrics_addr != "off" {
-        let addr = args.metrics_addr.parse().map_err(|err| {
-            anyhow::anyhow!(
-                "invalid --metrics-addr {:?}: {err}; use ADDRESS:PORT such as 127.0.0.1:9464, or off",
-                args.metrics_addr
-            )
-        })?;
-        crate::metrics::serve(addr, metrics.clone(), paths.mountpoint.clone())?;
+    if let Some(server) = metrics_server {
+        crate::metrics::serve(server, metrics.clone(), paths.mountpoint.clone())?;
     }
 
     let config = fuse_config(&args);

@@ -281,3 +281,35 @@ fn bad_option_values_rejected_before_anything_starts() {
         assert!(mounts_under(&layout.root_path).is_empty());
     }
 }
+
+/// A metrics port that another program holds fails the start with the address named, leaves
+/// nothing mounted, and never opens the journal (whose owner file would then read as a daemon
+/// that died without closing it).
+#[test]
+fn taken_metrics_port_fails_before_the_journal_opens() {
+    let layout = Layout::new();
+    let holder = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = holder.local_addr().unwrap().to_string();
+    let output = Command::new(dualfs_binary())
+        .arg("mount")
+        .arg("--local")
+        .arg(layout.path("local"))
+        .arg("--remote")
+        .arg(layout.path("remote"))
+        .args(["--metrics-addr", &addr])
+        .arg(layout.path("mnt"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let leftover = mounts_under(&layout.root_path);
+    for (mount_point, _) in &leftover {
+        lazy_unmount(mount_point);
+    }
+    assert!(!output.status.success(), "the start succeeded: {stderr}");
+    assert!(stderr.contains(&addr), "{stderr}");
+    assert!(leftover.is_empty(), "left mounted: {leftover:?}");
+    assert!(
+        !layout.path("local/.dualfs/journal").exists(),
+        "the journal was opened before the port was checked"
+    );
+}
