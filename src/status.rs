@@ -10,6 +10,20 @@ use anyhow::{bail, Context, Result};
 use crate::cli::StatusArgs;
 use crate::fs::xattr::{PATH_ATTRIBUTES, ROOT_ATTRIBUTES};
 
+/// Names a file type that carries no sync-state attributes.
+fn describe(file_type: std::fs::FileType) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    if file_type.is_symlink() {
+        "symlink"
+    } else if file_type.is_fifo() {
+        "FIFO"
+    } else if file_type.is_socket() {
+        "socket"
+    } else {
+        "device node"
+    }
+}
+
 /// Reads one attribute; `Ok(None)` when the path does not have it.
 fn read_attribute(path: &Path, name: &str) -> Result<Option<String>> {
     let c_path = CString::new(path.as_os_str().as_bytes())?;
@@ -41,6 +55,18 @@ fn read_attribute(path: &Path, name: &str) -> Result<Option<String>> {
 }
 
 pub fn run(args: StatusArgs) -> Result<ExitCode> {
+    // Linux keeps user.* attributes off everything but files and directories, so the state
+    // of a FIFO, socket or device node cannot be read, while a symlink's would be its target's.
+    let metadata = std::fs::symlink_metadata(&args.path)
+        .with_context(|| format!("cannot read {}", args.path.display()))?;
+    if !metadata.is_file() && !metadata.is_dir() {
+        let kind = describe(metadata.file_type());
+        bail!(
+            "{} is a {kind}, and Linux allows extended attributes only on files and directories; \
+             run dualfs status on its directory instead",
+            args.path.display()
+        );
+    }
     let mut values = Vec::new();
     for name in PATH_ATTRIBUTES.iter().chain(ROOT_ATTRIBUTES) {
         if let Some(value) = read_attribute(&args.path, name)? {

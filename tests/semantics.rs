@@ -418,6 +418,21 @@ fn status_command_reports_state() {
         "status outside a mount: {stderr}"
     );
 
+    // Special files carry no user.* attributes, so status names the type and says what to do.
+    let fifo = mount.path().join("pipe");
+    run(Command::new("mkfifo").arg(&fifo));
+    let special = Command::new(common::dualfs_binary())
+        .arg("status")
+        .arg(&fifo)
+        .output()
+        .unwrap();
+    assert!(!special.status.success());
+    let stderr = String::from_utf8_lossy(&special.stderr);
+    assert!(
+        stderr.contains("is a FIFO") && stderr.contains("on its directory"),
+        "status of a FIFO: {stderr}"
+    );
+
     let queue = String::from_utf8(get_xattr(mount.path(), "user.dualfs.queue").unwrap()).unwrap();
     assert!(queue.starts_with("ops=0 "), "queue attribute: {queue}");
     let remote = get_xattr(mount.path(), "user.dualfs.remote").unwrap();
