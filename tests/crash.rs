@@ -162,14 +162,13 @@ impl Drop for ReadOnlySwitch {
     }
 }
 
-// NOTE: about one run in thirty, under CPU load, a restart fails because the bare mount-point
-// folder holds the storm folder of the round just killed ("mount point not empty"). In the one
-// run traced with the whole daemon log, that round's storm ran at native speed, as on the bare
-// folder, and the daemon started for it still saw the remote read-only although the round
-// had made it writable, as if the round began before its restart was complete. The cause is
-// not found yet, so this test runs by hand: cargo test --release --test crash -- --include-ignored
+// NOTE: a restart that failed with "mount point not empty" about one run in thirty was a
+// race in the test's readiness check, now fixed. In about 110 runs since, one ended with a
+// file's remote copy empty and newer than the local file, as if a copy killed after it
+// truncated the remote file was not repeated by the replay. That is not understood yet, so
+// this test runs by hand: cargo test --release --test crash -- --include-ignored
 #[test]
-#[ignore = "a restart fails about one run in thirty; see the note above"]
+#[ignore = "about one run in a hundred leaves a remote file empty; see the note above"]
 fn kill_during_write_storm_loses_nothing() {
     let rounds: usize = std::env::var("DUALFS_CRASH_ROUNDS")
         .ok()

@@ -329,10 +329,18 @@ impl Mount {
                 );
             }
             // A dead mount left by a killed daemon keeps its type and may still answer stat
-            // from the kernel's cache, so the mount must answer a listing too.
-            let fs_type = mount_fs_type(&self.mountpoint);
-            if fs_type.as_deref() == Some(FS_TYPE) && fs::read_dir(&self.mountpoint).is_ok() {
-                return;
+            // from the kernel's cache, so the mount must answer a listing too. The new daemon
+            // may detach the dead mount between the two checks, and a listing of the bare
+            // folder answers as well, so the folder's device must be the mount's own.
+            let entry = mount_entry(&self.mountpoint);
+            let fs_type = entry.as_ref().map(|(fs_type, _)| fs_type.clone());
+            if let Some((FS_TYPE, device)) = entry.as_ref().map(|(t, d)| (t.as_str(), *d)) {
+                let listed = fs::read_dir(&self.mountpoint).is_ok();
+                let own_device = fs::metadata(&self.mountpoint)
+                    .is_ok_and(|m| std::os::unix::fs::MetadataExt::dev(&m) == device);
+                if listed && own_device {
+                    return;
+                }
             }
             if started.elapsed() > READY_TIMEOUT {
                 panic!(
@@ -589,6 +597,12 @@ pub fn wait_timeout(child: &mut Child, timeout: Duration) -> Option<ExitStatus> 
 /// /proc/self/mountinfo, or `None` if nothing is mounted there. With stacked
 /// mounts, the last (topmost) one wins.
 pub fn mount_fs_type(path: &Path) -> Option<String> {
+    mount_entry(path).map(|(fs_type, _)| fs_type)
+}
+
+/// Returns the type and device number of the topmost mount at `path`, according to
+/// /proc/self/mountinfo.
+pub fn mount_entry(path: &Path) -> Option<(String, u64)> {
     let mountinfo =
         fs::read_to_string("/proc/self/mountinfo").expect("failed to read /proc/self/mountinfo");
     let mut found = None;
@@ -601,7 +615,15 @@ pub fn mount_fs_type(path: &Path) -> Option<String> {
             continue;
         };
         if Path::new(&unescape_mountinfo(mount_point)) == path {
-            found = after.split(' ').next().map(str::to_string);
+            let device = before.split(' ').nth(2).and_then(|numbers| {
+                let (major, minor) = numbers.split_once(':')?;
+                Some(libc::makedev(major.parse().ok()?, minor.parse().ok()?))
+            });
+            found = after
+                .split(' ')
+                .next()
+                .zip(device)
+                .map(|(fs_type, device)| (fs_type.to_string(), device));
         }
     }
     found
