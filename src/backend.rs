@@ -437,7 +437,7 @@ pub fn read_dir(fd: OwnedFd) -> Result<Vec<DirEntry>> {
     read_dir_upto(fd, usize::MAX).map(|entries| entries.unwrap_or_default())
 }
 
-/// Lists a directory like [`read_dir`], but stops and returns `None` once it holds more than
+/// Lists a directory like [`read_dir`], but stops and returns `None` once it has more than
 /// `limit` entries.
 pub fn read_dir_upto(fd: OwnedFd, limit: usize) -> Result<Option<Vec<DirEntry>>> {
     // SAFETY: fdopendir takes ownership of the descriptor on success.

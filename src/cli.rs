@@ -116,10 +116,10 @@ pub struct MountArgs {
     #[arg(long, value_parser = parse_duration, allow_hyphen_values = true, default_value = "20ms", value_name = "DURATION")]
     pub coalesce_window: Duration,
 
-    /// When a change may go ahead after its journal record: `always` waits for the record to
-    /// be on stable storage (nothing lost even if the machine crashes); `background` waits
-    /// only for it to be written and syncs within milliseconds (nothing lost if the daemon is
-    /// killed; after a machine crash the next start compares both trees).
+    /// When a change may go ahead after its journal record. `always` waits for the record to
+    /// be on stable storage, so even a machine crash loses nothing. `background` waits only for
+    /// the write and syncs within milliseconds: a killed daemon loses nothing, and after a
+    /// machine crash the next start compares both trees.
     #[arg(long, value_enum, default_value = "background", value_name = "WHEN")]
     pub journal_sync: crate::replication::journal::JournalSync,
 

@@ -221,8 +221,8 @@ impl Drop for RequestTimer<'_> {
 }
 
 /// Serves `/metrics`, `/healthz` and `/readyz` on `addr` from a background thread.
-/// Listens on `addr` for the metrics endpoints; `serve` answers on it later. Binding first
-/// lets a daemon fail on a taken port before it opens its journal.
+/// Listens on `addr` for the metrics endpoints, which `serve` handles later. Binding first
+/// lets a daemon fail on a port in use before it opens its journal.
 pub fn bind(addr: SocketAddr) -> anyhow::Result<tiny_http::Server> {
     tiny_http::Server::http(addr).map_err(|err| {
         anyhow::anyhow!(
@@ -231,7 +231,7 @@ pub fn bind(addr: SocketAddr) -> anyhow::Result<tiny_http::Server> {
     })
 }
 
-/// Answers /metrics, /healthz and /readyz on a listener from [`bind`].
+/// Serves /metrics, /healthz and /readyz on a listener from [`bind`].
 pub fn serve(
     server: tiny_http::Server,
     metrics: Arc<Metrics>,

@@ -62,7 +62,7 @@ pub fn run(args: StatusArgs) -> Result<ExitCode> {
     if !metadata.is_file() && !metadata.is_dir() {
         let kind = describe(metadata.file_type());
         bail!(
-            "{} is a {kind}, and Linux allows extended attributes only on files and directories; \
+            "{} is a {kind}, and Linux allows user.* attributes only on files and directories; \
              run dualfs status on its directory instead",
             args.path.display()
         );

@@ -646,8 +646,8 @@ fn supervise(
                     return Ok(Outcome::HandedOver);
                 }
                 if stopping && status.code() != Some(0) {
-                    // The daemon died before it could unmount (the signal came before its
-                    // handlers), so the mount is taken down here; the journal keeps what
+                    // The daemon died before it could unmount because the signal came before
+                    // its handlers, so the mount is taken down here. The journal keeps what
                     // was queued.
                     tracing::warn!(%status, "the daemon stopped without unmounting; unmounting");
                     mount::unmount(&paths.mountpoint);

@@ -352,10 +352,10 @@ fn pretend_written_on_another_boot(local: &Path) {
 
 /// With the default background journal sync, a machine crash can lose the records of the
 /// last milliseconds while their local changes survive. Such changes are made here straight
-/// in the local tree; the next start notices the unclosed journal of another boot, compares
-/// both trees and repairs the remote.
+/// in the local tree. The next start notices the unclosed journal of another boot, so it
+/// compares both trees and repairs the remote.
 #[test]
-fn start_after_machine_crash_repairs_unjournaled_changes() {
+fn machine_crash_start_repairs_remote() {
     let mut mount = Mount::start_with_args(&["--mode", "async"]);
     fs::write(mount.path().join("kept"), b"kept").unwrap();
     fs::write(mount.path().join("changed"), b"before the crash").unwrap();
@@ -401,7 +401,7 @@ fn start_after_machine_crash_repairs_unjournaled_changes() {
 /// A daemon killed on a running machine loses nothing in the background mode (the kernel
 /// keeps what it wrote), so its successor replays the journal without comparing the trees.
 #[test]
-fn start_after_kill_does_not_compare_trees() {
+fn kill_start_skips_tree_comparison() {
     let mut mount = Mount::start_with_args(&["--mode", "async"]);
     fs::write(mount.path().join("file"), b"data").unwrap();
     mount.crash();

@@ -333,8 +333,8 @@ fn unreadable_local_tree_is_an_error_not_empty() {
 }
 
 /// Creating files looks each new name up in both trees. One listing of the remote directory
-/// rules the new names out, so the remote sees a handful of lookups for many creates; a
-/// name that another writer adds to the remote shows up once the listing's TTL has passed.
+/// rules the new names out, so many creates cost the remote a handful of lookups. A name that
+/// another writer adds to the remote shows up once the listing's TTL has passed.
 #[test]
 fn new_names_need_no_remote_lookup_each() {
     let backing = tempfile::Builder::new()

@@ -242,10 +242,24 @@ fn nonempty_mountpoint_rejected() {
     );
 }
 
+/// Runs `dualfs mount` over the layout's directories with `options` and waits for it to exit.
+fn mount_with_options(layout: &Layout, options: &[&str]) -> std::process::Output {
+    Command::new(dualfs_binary())
+        .arg("mount")
+        .arg("--local")
+        .arg(layout.path("local"))
+        .arg("--remote")
+        .arg(layout.path("remote"))
+        .args(options)
+        .arg(layout.path("mnt"))
+        .output()
+        .unwrap()
+}
+
 /// Option values that cannot work are rejected by the command line itself, before the
 /// journal or anything else is created in the local tree, with the value named.
 #[test]
-fn bad_option_values_rejected_before_anything_starts() {
+fn bad_option_values_rejected_early() {
     let cases: &[(&[&str], &str)] = &[
         (&["--entry-ttl", "-1s"], "durations cannot be negative"),
         (&["--attr-ttl=-5ms"], "durations cannot be negative"),
@@ -261,16 +275,7 @@ fn bad_option_values_rejected_before_anything_starts() {
     ];
     for (args, expected) in cases {
         let layout = Layout::new();
-        let output = Command::new(dualfs_binary())
-            .arg("mount")
-            .arg("--local")
-            .arg(layout.path("local"))
-            .arg("--remote")
-            .arg(layout.path("remote"))
-            .args(*args)
-            .arg(layout.path("mnt"))
-            .output()
-            .unwrap();
+        let output = mount_with_options(&layout, args);
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert!(!output.status.success(), "{args:?} was accepted");
         assert!(stderr.contains(expected), "{args:?}: {stderr}");
@@ -282,24 +287,15 @@ fn bad_option_values_rejected_before_anything_starts() {
     }
 }
 
-/// A metrics port that another program holds fails the start with the address named, leaves
+/// A metrics port that another program uses fails the start with the address named, leaves
 /// nothing mounted, and never opens the journal (whose owner file would then read as a daemon
 /// that died without closing it).
 #[test]
-fn taken_metrics_port_fails_before_the_journal_opens() {
+fn taken_metrics_port_rejected_early() {
     let layout = Layout::new();
     let holder = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = holder.local_addr().unwrap().to_string();
-    let output = Command::new(dualfs_binary())
-        .arg("mount")
-        .arg("--local")
-        .arg(layout.path("local"))
-        .arg("--remote")
-        .arg(layout.path("remote"))
-        .args(["--metrics-addr", &addr])
-        .arg(layout.path("mnt"))
-        .output()
-        .unwrap();
+    let output = mount_with_options(&layout, &["--metrics-addr", &addr]);
     let stderr = String::from_utf8_lossy(&output.stderr);
     let leftover = mounts_under(&layout.root_path);
     for (mount_point, _) in &leftover {

@@ -75,9 +75,9 @@ const DIRECTORIES: u64 = 1_000;
 const FILES_PER_DIRECTORY: u64 = 1_000;
 
 /// Maximum heap bytes per node. The table has a 40-byte slot per node in a `Vec` with room for
-/// 1,048,576 slots at 1,001,001 nodes (42 bytes per node), and two `hashbrown` indexes of
-/// 2,097,152 buckets with 4 bytes and a control byte each (21 bytes per node for both), so it
-/// needs about 63 bytes. At 72 bytes a table of 1,000,000 nodes stays below 70 MiB, its share
+/// 1,048,576 slots at 1,001,001 nodes, which is 42 bytes per node. Its two `hashbrown` indexes
+/// have 2,097,152 buckets of 4 bytes and a control byte each, 21 bytes per node for both, so
+/// the table needs about 63 bytes per node. At 72 bytes a table of 1,000,000 nodes stays below 70 MiB, its share
 /// of the daemon's target of 128 MiB.
 const MAX_BYTES_PER_NODE: usize = 72;
 

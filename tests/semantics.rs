@@ -418,7 +418,7 @@ fn status_command_reports_state() {
         "status outside a mount: {stderr}"
     );
 
-    // Special files carry no user.* attributes, so status names the type and says what to do.
+    // Special files carry no user.* attributes, so status names the type and what to do.
     let fifo = mount.path().join("pipe");
     run(Command::new("mkfifo").arg(&fifo));
     let special = Command::new(common::dualfs_binary())

@@ -42,7 +42,7 @@ impl DualFs {
     }
 
     /// Flushes a directory's local entries and the journal records of the changes in it.
-    /// A directory only the remote holds has nothing local to flush.
+    /// A remote-only directory has nothing local to flush.
     pub fn fsyncdir(&self, id: u64) -> FsResult<()> {
         let path = self.node_path(id)?;
         if let Ok(fd) = self.local.open_dir(&path) {

@@ -249,7 +249,7 @@ impl HandleTable {
         DIR_HANDLE | (self.next_dir.fetch_add(1, Ordering::Relaxed) + 1)
     }
 
-    /// Whether `fh` is a directory handle this table handed out.
+    /// Returns whether `fh` is a directory handle this table handed out.
     pub fn is_reserved_dir(&self, fh: u64) -> bool {
         fh & DIR_HANDLE != 0 && fh & !DIR_HANDLE <= self.next_dir.load(Ordering::Relaxed)
     }

@@ -263,8 +263,8 @@ impl DualFs {
         self.remote_call(move |remote| remote.lstat(&path))?.ok()
     }
 
-    /// Returns false when a listing of the remote parent directory shows that the remote does
-    /// not hold `path`; lists the parent first when no fresh listing is cached.
+    /// Returns false when a listing of the remote parent directory shows that the remote lacks
+    /// `path`. Lists the parent first when no fresh listing is cached.
     fn remote_may_hold(&self, path: &Path) -> bool {
         let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
             return true;
@@ -296,9 +296,9 @@ impl DualFs {
         };
         match self.remote_call(list) {
             Some(Ok(())) => {}
-            // A remote that cannot list (permissions) may still answer a lookup.
+            // A remote that cannot list (permissions) may still serve a lookup.
             Some(Err(_)) => return true,
-            // The remote is down, busy or slow, so a lookup would not answer in time either.
+            // The remote is down, busy or slow, so a lookup would time out too.
             None => return false,
         }
         self.remote_listings.may_hold(dir, name).unwrap_or(true)

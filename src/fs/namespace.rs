@@ -31,7 +31,7 @@ impl DualFs {
         let path = self.new_child_path(parent, name)?;
         let parent_path = path.parent().unwrap_or(Path::new(""));
         self.ensure_local(parent_path)?;
-        // The kernel's lookup of the new name usually left its answer in the cache.
+        // The kernel's lookup of the new name usually left its result in the cache.
         if let Ok((Side::Remote, _)) = self.resolve(&path) {
             return Err(Errno::EEXIST);
         }

@@ -3,7 +3,7 @@
 //!
 //! Creating a file looks its new name up in both trees, and on a remote reached across
 //! accounts every such lookup is a network round trip. One listing of the remote directory
-//! answers the lookups of every new name in it for the cache TTL. A listing only ever rules a
+//! serves the lookups of every new name in it for the cache TTL. A listing only ever rules a
 //! name out: a name it contains is still looked up, so names that dualfs itself removes from
 //! the remote need no invalidation. Names that another writer adds to the remote stay hidden
 //! for at most the TTL, as with the metadata cache's absent entries.
@@ -24,7 +24,7 @@ pub const MAX_NAMES: usize = 4096;
 /// How many directory listings are kept.
 const CAPACITY: usize = 256;
 
-/// What is known about the names of one remote directory.
+/// The known names of one remote directory.
 #[derive(Clone, Debug)]
 pub enum Listing {
     /// Every name the directory held when it was listed (empty when it did not exist).

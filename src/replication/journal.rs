@@ -2,9 +2,9 @@
 //!
 //! Every queued operation is appended before the local change it describes is made, and is
 //! marked done once the remote has it; on start, the operations without a done mark are queued
-//! again. In `always` mode appends from many threads share one write and one `fdatasync`
-//! (group commit) that the change waits for; in `background` mode the change waits only for
-//! the write, and the `fdatasync` follows at most every 10 ms.
+//! again. In `always` mode a change waits for its record's `fdatasync`, which appends from
+//! many threads share (group commit). In `background` mode a change waits only for the write,
+//! and the `fdatasync` follows at most every 10 ms.
 //!
 //! On disk the journal is a series of segment files `journal-<id>` in the state folder. Each
 //! starts with a header (magic, format version, kind) followed by records:
@@ -80,9 +80,9 @@ pub struct Replay {
     pub next_seq: u64,
     /// Bytes cut off the end of the last segment because a record there was torn.
     pub truncated_bytes: u64,
-    /// The previous daemon wrote records without waiting for them to be durable and did not
-    /// close the journal, on another boot of the machine: its last records may never have
-    /// reached the disk, so the trees must be compared.
+    /// Whether the previous daemon left a background-mode journal open on another boot of the
+    /// machine. Its last records may then never have reached the disk, so the trees must be
+    /// compared.
     pub records_may_be_lost: bool,
 }
 
@@ -113,9 +113,9 @@ struct Inner {
     shutdown: bool,
 }
 
-/// Background mode: the shortest time between two syncs that nobody waits for. Each
-/// `fdatasync` of the journal also commits the file system's own journal, with the metadata of
-/// every change made since, so syncing after every record would cost the local tree dearly.
+/// Background mode: the shortest time between two syncs that no caller waits for. Each
+/// `fdatasync` of the journal also commits the file system's own journal with the metadata of
+/// every change made since, so a sync after every record slows the local tree down.
 const BACKGROUND_SYNC_INTERVAL: Duration = Duration::from_millis(10);
 
 /// How many failed group commits are remembered for their waiters.
@@ -124,13 +124,13 @@ const FAILED_BATCHES_KEPT: usize = 64;
 /// When a change may go ahead after its record was appended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default, clap::ValueEnum)]
 pub enum JournalSync {
-    /// Once the record is on stable storage (a group-committed `fdatasync`). Nothing is lost
-    /// even when the machine itself crashes.
+    /// Once the record is on stable storage (a group-committed `fdatasync`), so a machine
+    /// crash loses no record of a change made, as far as the storage honours `fdatasync`.
     Always,
-    /// Once the record is written to the journal file; `fdatasync` follows in the background
-    /// within milliseconds, and an application's fsync waits for it. A killed daemon loses
-    /// nothing (the kernel keeps the written records); after a machine crash the records of
-    /// the last milliseconds may be missing, so the next start compares both trees.
+    /// Once the record is written to the journal file. The `fdatasync` follows within
+    /// milliseconds, and an application's fsync waits for it. A killed daemon loses nothing
+    /// because the kernel keeps the written records. A machine crash may lose the records of
+    /// the last milliseconds, so the next start then compares both trees.
     #[default]
     Background,
 }
@@ -260,8 +260,8 @@ impl Journal {
     }
 
     /// Hands the buffered records on and returns their batch. In background mode they are
-    /// written to the journal file right away (unless a snapshot is being written), so a
-    /// killed daemon cannot lose them; the group-commit thread makes them durable.
+    /// written to the journal file at once unless a snapshot is being written, so a killed
+    /// daemon cannot lose them. The group-commit thread then makes them durable.
     fn submit(&self, mut inner: parking_lot::MutexGuard<'_, Inner>) -> Batch {
         let batch = inner.open_batch;
         if self.sync == JournalSync::Background && !inner.compacting {
@@ -504,6 +504,20 @@ fn remove_segments_before(dir: &Path, id: u64) {
             }
         }
     }
+}
+
+/// Returns the newest segment file in `dir`.
+#[cfg(test)]
+pub(super) fn newest_segment(dir: &Path) -> PathBuf {
+    fs::read_dir(dir)
+        .unwrap()
+        .filter_map(|entry| {
+            let path = entry.unwrap().path();
+            let name = path.file_name()?.to_str()?;
+            segment_id(name).is_some().then_some(path)
+        })
+        .max()
+        .unwrap()
 }
 
 /// Remembers a failed write for the waiters of its batch.
@@ -826,8 +840,8 @@ mod owner {
         File::open(dir)?.sync_all()
     }
 
-    /// The kernel's id of this boot; empty where /proc does not have it, which counts as
-    /// another boot only when the previous owner recorded one.
+    /// Returns the kernel's id of this boot, or an empty string where /proc lacks it. An empty
+    /// id counts as another boot only when the previous owner recorded one.
     fn boot_id() -> String {
         fs::read_to_string("/proc/sys/kernel/random/boot_id")
             .map(|id| id.trim().to_string())
@@ -929,18 +943,7 @@ mod tests {
         journal.wait(batch).unwrap();
         journal.close();
 
-        let segment = fs::read_dir(dir.path())
-            .unwrap()
-            .map(|e| e.unwrap().path())
-            .filter(|p| {
-                p.file_name()
-                    .unwrap()
-                    .to_str()
-                    .unwrap()
-                    .starts_with("journal-")
-            })
-            .max()
-            .unwrap();
+        let segment = newest_segment(dir.path());
         let mut file = OpenOptions::new().append(true).open(&segment).unwrap();
         let mut torn = Vec::new();
         encode_record(

@@ -272,8 +272,8 @@ impl Replicator {
         self.record_and_wait(op, || Ok(()), true)
     }
 
-    /// Waits until every journal record written so far is durable; an application's fsync
-    /// calls this so that what it made durable locally will reach the remote after any crash.
+    /// Waits until every journal record written so far is durable. An application's fsync
+    /// calls this, so what it made durable locally reaches the remote after any crash.
     pub fn sync_journal(&self) {
         if let Some(journal) = &self.journal {
             journal.sync();

@@ -225,8 +225,8 @@ impl Inner {
     }
 
     /// Returns the queued state transfers below a path that is being renamed away, rebased
-    /// onto the new name so they are applied after the rename, and the numbers of the
-    /// originals that may be dropped (those not running, held or pinned). Data of a moved file
+    /// onto the new name so they are applied after the rename. Also returns the numbers of the
+    /// originals that may be dropped: those not running, held or pinned. Data of a moved file
     /// is copied whole, because the old name may be reused before the rename applies.
     fn moved_below(&self, from: &Path, to: &Path, rename_seq: u64) -> (Vec<Op>, Vec<u64>) {
         let mut moved = Vec::new();
@@ -318,9 +318,9 @@ impl Queue {
         self.work.notify_all();
     }
 
-    /// Moves, for every replayed rename, the replayed state transfers below its old name
-    /// onto the new one, as its commit would have done: the crash may have come between the
-    /// local rename and that commit, and the remote's old name may still hold stale content.
+    /// Moves the replayed state transfers below each replayed rename's old name onto the new
+    /// name, as the rename's commit would have done. The crash may have come between the local
+    /// rename and that commit, and the remote's old name may still contain stale content.
     pub fn restore_renames(&self) {
         let mut inner = self.inner.lock();
         let renames: Vec<u64> = inner
@@ -768,7 +768,7 @@ mod tests {
     /// would leave it: the data change queued before the rename is always replayed, under
     /// the old or the new name.
     #[test]
-    fn rename_follow_up_is_journaled_before_the_original_is_done() {
+    fn rename_follow_up_journaled_first() {
         let dir = tempfile::tempdir().unwrap();
         let journal_dir = dir.path().join("journal");
         let (journal, _) =
@@ -779,18 +779,7 @@ mod tests {
         queue.commit(begun);
         journal.close();
 
-        let segment = fs::read_dir(&journal_dir)
-            .unwrap()
-            .map(|e| e.unwrap().path())
-            .filter(|p| {
-                p.file_name()
-                    .unwrap()
-                    .to_str()
-                    .unwrap()
-                    .starts_with("journal-")
-            })
-            .max()
-            .unwrap();
+        let segment = super::super::journal::newest_segment(&journal_dir);
         let bytes = fs::read(&segment).unwrap();
         for cut in 0..=bytes.len() {
             let copy = dir.path().join(format!("cut{cut}"));

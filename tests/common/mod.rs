@@ -329,9 +329,9 @@ impl Mount {
                 );
             }
             // A dead mount left by a killed daemon keeps its type and may still answer stat
-            // from the kernel's cache, so the mount must answer a listing too. The new daemon
-            // may detach the dead mount between the two checks, and a listing of the bare
-            // folder answers as well, so the folder's device must be the mount's own.
+            // from the kernel's cache, so the mount must serve a listing too. The new daemon
+            // may detach the dead mount between the two checks, and the bare folder can be
+            // listed as well, so the folder's device must be the mount's own.
             let entry = mount_entry(&self.mountpoint);
             let fs_type = entry.as_ref().map(|(fs_type, _)| fs_type.clone());
             if let Some((FS_TYPE, device)) = entry.as_ref().map(|(t, d)| (t.as_str(), *d)) {
@@ -529,7 +529,7 @@ pub fn serving_pid(supervisor: u32) -> Option<u32> {
 }
 
 /// Returns the processes below `pid`, children of any of its threads included, so that
-/// killing them all leaves nothing that still holds the FUSE connection.
+/// killing them all leaves no process with the FUSE connection open.
 pub fn descendants(pid: u32) -> Vec<u32> {
     let mut found = Vec::new();
     let mut pending = vec![pid];
